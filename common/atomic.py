@@ -1,0 +1,47 @@
+"""Write outputs atomically: into a temporary file beside the target, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from common.errors import UserError
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create ``path``'s parent folder if needed and check it is writable."""
+    parent = Path(path).expanduser().resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create output folder {parent}: {err.strerror}; choose another output path"
+        ) from None
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"output folder {parent} is not writable; choose another output path")
+    return parent
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    ``suffix`` defaults to the target's own suffix so that libraries choosing a format by file
+    extension (``np.savez``, PyAV) behave as for the final name.
+    """
+    target = Path(path).expanduser()
+    parent = ensure_writable_dir(target)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix, dir=parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
