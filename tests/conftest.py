@@ -38,3 +38,30 @@ def rng() -> object:
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+def detect_frames(video: Path, model: Path, max_frames: int | None = None):
+    """MediaPipe's raw results on a clip: normalised landmarks (T, 478, 3), matrices (T, 4, 4), image size."""
+    import numpy as np
+
+    from common.detect import FaceDetector
+    from common.video import iter_frames
+
+    landmarks, matrices = [], []
+    size = None
+    with FaceDetector(model, mode="video") as detector:
+        for i, (t, rgb) in enumerate(iter_frames(video)):
+            if max_frames is not None and i >= max_frames:
+                break
+            size = rgb.shape[:2]
+            faces = detector.detect(rgb, round(t * 1000))
+            assert len(faces) == 1, f"{video.name} frame {i}: expected one face"
+            landmarks.append(faces[0].landmarks)
+            matrices.append(faces[0].matrix)
+    return np.stack(landmarks), np.stack(matrices), size
+
+
+@pytest.fixture(scope="session")
+def detected_clip(face_model):
+    """The first 90 frames of a shared talking clip, detected once per session."""
+    return detect_frames(shared_file("talking", "feifeili_clip3.mp4"), face_model, max_frames=90)

@@ -1,0 +1,235 @@
+"""``python -m common.lmk``: extract, inspect, render, edit and retarget landmark files.
+
+Every subcommand exits with status 2 and one clear message on bad input, and writes its output
+atomically (nothing is left behind on failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import UserError, exit_on_user_error
+from common.lmkfile import LandmarkSequence
+
+log = logging.getLogger("common.lmk")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"WxH"`` -> (H, W)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size {text!r}: write the size as WIDTHxHEIGHT, e.g. 512x512") from None
+    if w <= 0 or h <= 0:
+        raise UserError(f"--size {text!r}: width and height must be positive")
+    return h, w
+
+
+def load_reference(path: str | Path, model_path: str | None = None) -> LandmarkSequence:
+    """A reference face from an image (detected) or a landmark file (its first frame)."""
+    from common.video import IMAGE_SUFFIXES
+
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        return LandmarkSequence.load(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        from common.detect import extract_image
+
+        return extract_image(path, model_path=model_path)
+    raise UserError(f"{path}: a reference is an image ({', '.join(IMAGE_SUFFIXES)}) or a landmark .npz file")
+
+
+# --------------------------------------------------------------------------------------------
+# subcommands
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from common.detect import ExtractionReport, extract
+
+    report = ExtractionReport()
+    seq = extract(
+        args.input,
+        model_path=args.model,
+        max_gap=args.max_gap,
+        min_face_fraction=args.min_face_fraction,
+        num_faces=args.num_faces,
+        progress=not args.quiet,
+        report=report,
+        fps=args.fps,
+    )
+    seq.save(args.output)
+    extra = f", {report.num_interpolated} interpolated" if report.num_interpolated else ""
+    print(f"wrote {args.output}: {seq.num_frames} frames at {seq.fps:g} fps{extra}")
+
+
+def describe(seq: LandmarkSequence) -> dict:
+    """A summary of a sequence as plain data (what ``info`` prints)."""
+    pose = seq.pose.astype(np.float64)
+    names = ["rx", "ry", "rz", "tx", "ty", "tz"]
+    found = seq.face_found
+    return {
+        "frames": seq.num_frames,
+        "fps": seq.fps,
+        "duration_s": round(seq.duration, 4),
+        "image_size": {"height": seq.image_size[0], "width": seq.image_size[1]},
+        "pose_range": {
+            n: [round(float(pose[:, i].min()), 3), round(float(pose[:, i].max()), 3)]
+            for i, n in enumerate(names)
+        },
+        "interpolated_frames": int((~found).sum()) if found is not None else None,
+        "optional_keys": [
+            k
+            for k in ("landmarks2d", "blendshapes", "face_found", "reference_mesh", "reference_pose")
+            if getattr(seq, k) is not None
+        ],
+        "meta": seq.meta,
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    seq = LandmarkSequence.load(args.file)
+    info = describe(seq)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"file:        {args.file}")
+    print(f"frames:      {info['frames']} at {info['fps']:g} fps ({info['duration_s']:.2f} s)")
+    print(f"image size:  {info['image_size']['width']}x{info['image_size']['height']} (WxH)")
+    units = {"r": "deg", "t": "cm"}
+    for name, (lo, hi) in info["pose_range"].items():
+        print(f"pose {name}:     {lo:9.3f} .. {hi:9.3f} {units[name[0]]}")
+    if info["interpolated_frames"] is not None:
+        print(f"interpolated: {info['interpolated_frames']} frame(s) without a detected face")
+    print(f"optional:    {', '.join(info['optional_keys']) or '-'}")
+    meta = seq.meta
+    if meta.get("source"):
+        print(f"source:      {meta['source']}")
+    for step in meta.get("history", []):
+        print(f"edit:        {step}")
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from common.draw import draw_landmarks, get_style
+    from common.video import VideoWriter
+
+    seq = LandmarkSequence.load(args.file)
+    size = parse_size(args.size) if args.size else seq.image_size
+    style = get_style(args.style)
+    points = seq.project(size)
+    chunk = 64
+    with VideoWriter(args.output, seq.fps, audio=args.audio) as writer:
+        for start in tqdm(
+            range(0, seq.num_frames, chunk), desc="render", unit="chunk", disable=args.quiet, leave=False
+        ):
+            frames = draw_landmarks(points[start : start + chunk], size, style=style.name)
+            if style.channel_order == "bgr":
+                frames = frames[..., ::-1]
+            writer.write(frames)
+    print(f"wrote {args.output}: {writer.num_frames} frames {size[1]}x{size[0]} at {seq.fps:g} fps")
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    from common import edit
+
+    seq = LandmarkSequence.load(args.file)
+    if args.trim is not None:
+        start, end = edit.parse_trim(args.trim, seq)
+        seq = edit.trim(seq, start, end)
+    if args.fps is not None:
+        seq = edit.resample_fps(seq, args.fps)
+    if args.smooth is not None:
+        seq = edit.smooth(seq, args.smooth)
+    if args.mouth_scale is not None:
+        seq = edit.scale_mouth(seq, args.mouth_scale)
+    if args.pose is not None:
+        seq = edit.set_pose(seq, "still" if args.pose == "still" else edit.load_pose_source(args.pose))
+    seq.save(args.output)
+    print(f"wrote {args.output}: {seq.num_frames} frames at {seq.fps:g} fps")
+
+
+def cmd_retarget(args: argparse.Namespace) -> None:
+    from common import edit
+
+    source = LandmarkSequence.load(args.source)
+    reference = load_reference(args.reference, args.model)
+    out = edit.retarget(source, reference)
+    out.meta["reference"] = str(args.reference)
+    out.save(args.output)
+    print(f"wrote {args.output}: {out.num_frames} frames retargeted onto {args.reference}")
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m common.lmk", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("extract", help="detect landmarks in a video or image and write a landmark file")
+    p.add_argument("input", help="video (.mp4, .mov, ...) or image (.jpg, .png, ...)")
+    p.add_argument("-o", "--output", required=True, help="output landmark file (.npz)")
+    p.add_argument("--model", help="MediaPipe face_landmarker .task file (default: see README)")
+    p.add_argument("--max-gap", type=float, default=0.5, help="longest face-less gap to interpolate, seconds")
+    p.add_argument("--min-face-fraction", type=float, default=0.5, help="fail when fewer frames show a face")
+    p.add_argument(
+        "--num-faces", type=int, default=1, help="faces to look for per frame (>1 tracks one of them)"
+    )
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate stored for an image input")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("info", help="print frames, fps, duration, size, pose ranges and flags")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("render", help="draw a landmark preview video (with audio)")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True, help="output video (.mp4)")
+    p.add_argument("--audio", help="audio file muxed into the video (cut or padded to its length)")
+    p.add_argument("--size", help="WIDTHxHEIGHT (default: the file's image size)")
+    p.add_argument("--style", default="default", help="drawing style (default, aniportrait)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("edit", help="smooth, scale the mouth, replace the pose, resample or trim")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True, help="output landmark file (.npz)")
+    p.add_argument("--trim", help="A:B in seconds (2.5) or frames (30f); either side may be empty")
+    p.add_argument("--fps", type=float, help="resample to this frame rate")
+    p.add_argument("--smooth", type=int, help="temporal smoothing window in frames (1 = unchanged)")
+    p.add_argument("--mouth-scale", type=float, help="scale the mouth opening (1 = unchanged)")
+    p.add_argument(
+        "--pose", help="'still' (hold the first frame's pose) or a pose file (.npy template or .npz)"
+    )
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("retarget", help="put a sequence's expression and motion on another face")
+    p.add_argument("source", help="landmark file to take expression and motion from")
+    p.add_argument("--reference", required=True, help="reference image or landmark file (its first frame)")
+    p.add_argument("-o", "--output", required=True, help="output landmark file (.npz)")
+    p.add_argument("--model", help="MediaPipe face_landmarker .task file for an image reference")
+    p.set_defaults(func=cmd_retarget)
+    return parser
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
