@@ -14,18 +14,17 @@ extraction fails when the first frame has no face, when a gap is longer, or when
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import logging
 import os
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging, before it is imported
-
-import contextlib
-import itertools
 
 import numpy as np
 
@@ -35,6 +34,7 @@ from common.geometry import landmarks_to_geometry
 from common.lmkfile import NUM_BLENDSHAPES, NUM_LANDMARKS, LandmarkSequence
 
 log = logging.getLogger(__name__)
+os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging, read when it is imported
 
 MODEL_ENV = "TALKING_PORTRAIT_FACE_MODEL"
 CACHE_ENV = "TALKING_PORTRAIT_CACHE"
@@ -138,6 +138,24 @@ class FaceResult:
         return self.landmarks[:, :2].mean(0)
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence MediaPipe's native start-up log lines (written straight to fd 2, ignoring GLOG settings)."""
+    if os.environ.get("TALKING_PORTRAIT_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class FaceDetector:
     """A MediaPipe FaceLandmarker in VIDEO mode (real timestamps) or IMAGE mode. Use as a context manager."""
 
@@ -165,7 +183,8 @@ class FaceDetector:
             output_facial_transformation_matrixes=True,
         )
         try:
-            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+            with _quiet_native_stderr():
+                self._landmarker = vision.FaceLandmarker.create_from_options(options)
         except (RuntimeError, ValueError) as err:
             raise UserError(
                 f"{model}: not a valid MediaPipe face landmarker model ({err}); re-download it"
