@@ -1,0 +1,1 @@
+"""Networks of lmk2video; import each from its own module (e.g. ``lmk2video.models.pose_guider``)."""
