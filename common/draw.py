@@ -7,11 +7,11 @@ Any N >= 468 works: the 468 projected mesh vertices (``LandmarkSequence.project(
 detected landmarks (with the iris points 468..477, which no style draws, see below).
 
 Every style draws the same face parts, in this order (later parts cover earlier ones where
-they overlap): the face oval without the forehead (chin and jaw from the left temple to the
-right temple), left eye, left eyebrow, right eye, right eyebrow, then the lips as eight
-separately coloured segments (outer/inner x bottom/top x left/right half). "Left" is the
-subject's left (MediaPipe's naming), which is the right side of the image. The part colours are
-AniPortrait's, which are BGR triples in MediaPipe's drawing convention (:data:`FACE_PARTS`).
+they overlap): the face oval without the forehead (chin and jaw, from temple to temple), left
+eye, left eyebrow, right eye, right eyebrow, then the lips as eight separately coloured
+segments (outer/inner x bottom/top x left/right half). "Left" is the subject's left
+(MediaPipe's naming), which is the right side of the image. The part colours are AniPortrait's,
+which are BGR triples in MediaPipe's drawing convention (:data:`FACE_PARTS`).
 
 Styles
 ------
@@ -23,9 +23,10 @@ Styles
     ``min(floor(512 * u), 511)`` on a black 512 x 512 canvas, lines are 2 px thick
     (``cv2.LINE_8``), and the canvas is then resized to (W, H) with ``cv2.INTER_LINEAR``. A
     non-square target is therefore drawn squashed into the square canvas and stretched back
-    (lines get thicker along the longer side). The returned array holds the colour triples in
-    MediaPipe's BGR order, exactly as AniPortrait hands them to its pose guider. Iris and pupils
-    are not drawn: AniPortrait's iris connections and its pupil drawing are commented out.
+    (lines across the longer side come out wider than 2 px). The returned array holds the
+    colour triples in MediaPipe's BGR order, exactly as AniPortrait hands them to its pose
+    guider (channel 0 = the triple's first value). Iris and pupils are not drawn: AniPortrait's
+    iris connections and its pupil drawing are commented out.
 
 ``default``
     Our own style, with the same parts and colours, for new models: channels in RGB order (the
@@ -41,8 +42,10 @@ Styles
 New styles: ``@register_style("name", channel_order="rgb")`` on a function
 ``render(points (T, N, 2) float64, image_size (H, W)) -> (T, H, W, 3) uint8``.
 
-Speed: one 2-point ``cv2.polylines`` call per part and frame with precomputed index arrays
-(``python bench/bench_draw.py`` measures frames/s on one core).
+Speed: per frame, one ``cv2.polylines`` call per part draws all its segments (as 2-point
+polylines gathered with precomputed index arrays; the same pixels as one ``cv2.line`` per
+segment); everything else is vectorised over frames. ``python bench/bench_draw.py`` measures
+frames/s on one core.
 """
 
 from __future__ import annotations
@@ -295,8 +298,9 @@ def render_default(points: np.ndarray, image_size: tuple[int, int]) -> np.ndarra
     num = points.shape[0]
     # cv2 puts integer coordinates at pixel centres; ours put pixel centres at i + 0.5.
     fixed = (points - 0.5) * (1 << _SHIFT)
-    limit = 2.0 * max(h, w) * (1 << _SHIFT)
-    ok = (np.isfinite(fixed) & (np.abs(fixed) <= limit)).all(axis=-1)  # (T, N)
+    extent = np.array([w, h], dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # NaN compares False: not ok
+        ok = ((points >= -extent) & (points <= 2.0 * extent)).all(axis=-1)  # (T, N), also False for NaN
     segments = np.ascontiguousarray(
         np.rint(np.where(ok[..., None], fixed, 0.0)).astype(np.int32)[:, _ALL_EDGES]
     )

@@ -276,6 +276,7 @@ def test_default_clips_instead_of_dropping():
     assert default[:, -1].any()  # lines run up to the border
     assert (default > 0).any(-1).sum() > (ani > 0).any(-1).sum()
     points[100] = np.nan
+    points[200] = [1e12, -1e12]  # far outside: its segments are skipped, nothing overflows
     assert draw_landmarks(points, size, "default").any()
 
 
