@@ -73,28 +73,9 @@ LOWER_OUTER_LIP = (146, 91, 181, 84, 17, 314, 405, 321, 375)
 MIDLINE_COLUMN = 4
 # The face oval below the ears (ear to ear through the chin): the jaw line.
 JAW_LINE = (
-    234,
-    93,
-    132,
-    58,
-    172,
-    136,
-    150,
-    149,
-    176,
-    148,
-    152,
-    377,
-    400,
-    378,
-    379,
-    365,
-    397,
-    288,
-    361,
-    323,
-    454,
-)
+    234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
+    377, 400, 378, 379, 365, 397, 288, 361, 323, 454,
+)  # fmt: skip
 # Blendshape 0 of MediaPipe's 52 is "_neutral" (high when the face is at rest): not an activity.
 NEUTRAL_BLENDSHAPE = 0
 
@@ -325,7 +306,10 @@ def scale_mouth(seq: LandmarkSequence, s: float, *, upper_share: float = 0.3) ->
     the same way, so lips never cross; a closed mouth stays closed. Only y changes. landmarks2d
     and blendshapes are dropped (they describe the unedited face).
     """
-    s = float(s)
+    try:
+        s = float(s)
+    except (TypeError, ValueError):
+        raise UserError(f"mouth scale {s!r} must be a number >= 0 (1 = unchanged, 0 = closed)") from None
     if not math.isfinite(s) or s < 0:
         raise UserError(f"mouth scale {s} must be a finite number >= 0 (1 = unchanged, 0 = closed)")
     if not 0.0 <= upper_share <= 1.0:
@@ -474,7 +458,10 @@ def resample_fps(seq: LandmarkSequence, fps: float) -> LandmarkSequence:
     linearly, face_found from the nearest frame; times past the last frame hold it. The same fps
     is the identity.
     """
-    fps = float(fps)
+    try:
+        fps = float(fps)
+    except (TypeError, ValueError):
+        raise UserError(f"frame rate {fps!r} must be a positive number of frames per second") from None
     if not math.isfinite(fps) or fps <= 0:
         raise UserError(f"frame rate {fps} must be a positive number of frames per second")
     if fps == seq.fps:

@@ -213,7 +213,7 @@ def test_mouth_basis_is_smooth_and_bounded():
         assert 0.2 < upper[:, corner].sum() < 0.8 and 0.2 < lower[:, corner].sum() < 0.8
 
 
-@pytest.mark.parametrize("s", [-0.5, float("nan"), float("inf")])
+@pytest.mark.parametrize("s", [-0.5, float("nan"), float("inf"), "wide"])
 def test_scale_mouth_bad_scale(s):
     with pytest.raises(UserError, match="mouth scale"):
         edit.scale_mouth(make_seq(), s)
@@ -387,7 +387,7 @@ def test_resample_rotations_by_slerp_across_wrap_around():
     assert out.pose[1, 3] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("fps", [0, -5, float("nan"), float("inf")])
+@pytest.mark.parametrize("fps", [0, -5, float("nan"), float("inf"), None])
 def test_resample_bad_fps(fps):
     with pytest.raises(UserError, match="frame rate"):
         edit.resample_fps(make_seq(), fps)
