@@ -25,6 +25,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# Benchmarks of the landmark library (see README "Figures"); stage benchmarks live in bench/ too.
+bench: $(STAMP)
+	$(PY) bench/bench_draw.py
+	$(PY) bench/geometry_accuracy.py
+	$(PY) bench/bench_extract.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
