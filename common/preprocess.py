@@ -23,7 +23,8 @@ log = logging.getLogger("common.preprocess")
 @exit_on_user_error
 def main(cfg: DictConfig) -> int:
     work_dir = Path(cfg.paths.work_dir)
-    settings = OmegaConf.to_container(cfg.settings, resolve=True)
+    fields = PreprocessSettings.__dataclass_fields__
+    settings = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k in fields}
     for key in ("input_dir", "output_dir"):
         if settings[key] is None:
             raise UserError(
