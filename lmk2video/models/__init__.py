@@ -1,0 +1,1 @@
+"""lmk2video networks: denoising UNet, reference UNet, motion modules, pose guider."""
