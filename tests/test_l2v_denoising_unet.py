@@ -242,6 +242,9 @@ def test_bad_pose_residuals_are_refused() -> None:
     down, _ = _pose_residuals(model, sample, seed=0)
     with pytest.raises(ValueError, match="must hold 4 tensors"):
         model(sample, timesteps, context, down_block_res_samples=tuple(down[:-1]))
+    with torch.no_grad():  # the mid residual alone is allowed
+        mid_only = model(sample, timesteps, context, mid_block_res_sample=torch.ones(1, 16, 2, 2, 2)).sample
+        assert (mid_only - model(sample, timesteps, context).sample).abs().max() > 1e-3
     down[2] = down[2][..., :1]
     with pytest.raises(ValueError, match=r"down_block_res_samples\[2\] \(after down block 1\)"):
         model(sample, timesteps, context, down_block_res_samples=tuple(down))
@@ -322,3 +325,20 @@ def test_freezing_by_stage() -> None:
     model.set_motion_modules_trainable(False)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == spatial
     assert not DenoisingUNet(**tiny_denoising_config(motion=False)).has_motion_modules
+
+
+@pytest.mark.slow
+def test_full_size_models_run_together() -> None:
+    """SD1.5-sized ReferenceUNet + DenoisingUNet with AnimateDiff v2 motion modules (random weights, ~9 GB RAM)."""
+    from lmk2video.models.sd15 import sd15_unet_config
+
+    torch.manual_seed(0)
+    denoiser = DenoisingUNet.from_config(sd15_denoising_unet_config()).eval()
+    ref_unet = ReferenceUNet.from_config(sd15_unet_config()).eval()
+    sample = torch.randn(1, 4, 2, 16, 16)
+    context = torch.randn(1, 1, 768)
+    with torch.no_grad():
+        bank = ref_unet.compute_reference_hidden_states(torch.randn(1, 4, 16, 16), context)
+        out = denoiser(sample, 999, context, reference_hidden_states=bank).sample
+    assert len(bank) == 16  # SD1.5's self-attentions: 6 down, 1 mid, 9 up
+    assert out.shape == sample.shape and torch.isfinite(out).all()

@@ -231,3 +231,15 @@ def test_unreadable_checkpoints_are_user_errors(tmp_path: Path) -> None:
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(UserError, match="holds a list, not a state dict"):
         load_checkpoint(tmp_path / "list.pth")
+
+
+def test_plain_from_pretrained_on_a_stable_diffusion_folder_points_to_from_pretrained_2d(sd_unet) -> None:
+    root, _ = sd_unet
+    with pytest.raises(
+        UserError, match=r"missing keys: .*motion_modules.*use DenoisingUNet\.from_pretrained_2d"
+    ):
+        DenoisingUNet.from_pretrained(root / "unet", motion_module=dict(TINY_MOTION))
+    with pytest.raises(
+        UserError, match=r"unexpected keys: conv_norm_out\.bias.*use ReferenceUNet\.from_pretrained_2d"
+    ):
+        ReferenceUNet.from_pretrained(root / "unet")

@@ -110,6 +110,10 @@ class DenoisingUNet(StrictLoadMixin, ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    strict_load_hint = (
+        "for a Stable Diffusion 'unet' folder use DenoisingUNet.from_pretrained_2d; otherwise save the model "
+        "again with save_pretrained or convert the original checkpoint (python -m lmk2video.convert)"
+    )
 
     @register_to_config
     def __init__(
@@ -261,7 +265,8 @@ class DenoisingUNet(StrictLoadMixin, ModelMixin, ConfigMixin):
             encoder_hidden_states: (B, L, cross_attention_dim) conditioning tokens (e.g. CLIP image
                 embeddings), shared by the frames of a sample.
             reference_hidden_states: reference bank, name -> (B, L_i, C_i) (or batch 1, shared).
-            down_block_res_samples: len(down_blocks) + 1 tensors (B, C, F, h, w); see the class docstring.
+            down_block_res_samples: len(down_blocks) + 1 tensors (B, C, F, h, w) (or None entries);
+                see the class docstring.
             mid_block_res_sample: (B, C_last, F, h, w) added to the mid block's output.
             reference_mask: (B,) bool; False switches reference attention off for that sample
                 (AniPortrait's unconditional branch under classifier-free guidance).
@@ -291,19 +296,19 @@ class DenoisingUNet(StrictLoadMixin, ModelMixin, ConfigMixin):
         context = encoder_hidden_states.repeat_interleave(frames, dim=0)
 
         x = self.conv_in(x)
-        if injections is not None:
+        if injections[0] is not None:
             x = _add_checked(x, injections[0], "down_block_res_samples[0] (after conv_in)")
         skips: tuple[torch.Tensor, ...] = (x,)
         for i, block in enumerate(self.down_blocks):
             x, block_skips = block(x, emb, context, frames, cross_attention_kwargs)
             skips += block_skips
-            if injections is not None:
+            if injections[i + 1] is not None:
                 x = _add_checked(
                     x, injections[i + 1], f"down_block_res_samples[{i + 1}] (after down block {i})"
                 )
 
         x = self.mid_block(x, emb, context, frames, cross_attention_kwargs)
-        if injections is not None and injections[-1] is not None:
+        if injections[-1] is not None:
             x = _add_checked(x, injections[-1], "mid_block_res_sample")
 
         upsample_size = None
@@ -367,15 +372,15 @@ class DenoisingUNet(StrictLoadMixin, ModelMixin, ConfigMixin):
         mid: torch.Tensor | None,
         batch: int,
         frames: int,
-    ) -> list[torch.Tensor | None] | None:
-        """Folded pose-guider residuals: down entries, then the mid entry (or None)."""
-        if down is None and mid is None:
-            return None
+    ) -> list[torch.Tensor | None]:
+        """Folded pose-guider residuals: len(down_blocks) + 1 down entries, then the mid entry (None: nothing)."""
         expected = len(self.down_blocks) + 1
-        if down is None or len(down) != expected:
+        if down is None:
+            down = (None,) * expected
+        elif len(down) != expected:
             raise ValueError(
                 f"down_block_res_samples must hold {expected} tensors (one after conv_in, one per down block), "
-                f"got {None if down is None else len(down)}"
+                f"got {len(down)}"
             )
         folded: list[torch.Tensor | None] = []
         for i, tensor in enumerate([*down, mid]):

@@ -33,6 +33,11 @@ class ReferenceUNet(StrictLoadMixin, UNet2DConditionModel):
     :meth:`compute_reference_hidden_states` to get the bank.
     """
 
+    strict_load_hint = (
+        "for a Stable Diffusion 'unet' folder use ReferenceUNet.from_pretrained_2d; otherwise save the model "
+        "again with save_pretrained or convert the original checkpoint (python -m lmk2video.convert)"
+    )
+
     @functools.wraps(UNet2DConditionModel.__init__)  # keeps diffusers' signature for ConfigMixin
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -145,7 +145,10 @@ class StrictLoadMixin:
     """Makes diffusers' ``from_pretrained`` strict: missing or unexpected keys raise a :class:`UserError`.
 
     diffusers only logs a warning for both; put this mixin before ``ModelMixin`` in the bases.
+    ``strict_load_hint`` is appended to the error as the suggested fix.
     """
+
+    strict_load_hint = "save the model again with save_pretrained or convert the original checkpoint"
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
@@ -162,6 +165,6 @@ class StrictLoadMixin:
             raise UserError(
                 f"{pretrained_model_name_or_path} does not hold a complete {cls.__name__}: "
                 + "; ".join(problems)
-                + "; save the model again with save_pretrained or convert the original checkpoint"
+                + f"; {cls.strict_load_hint}"
             )
         return (model, info) if want_info else model
