@@ -53,7 +53,7 @@ from lmk2video.models.denoising_unet import MOTION_KEY, DenoisingUNet, config_fr
 from lmk2video.models.motion_module import MotionModuleConfig
 from lmk2video.models.reference_unet import OUTPUT_HEAD_PREFIXES, ReferenceUNet
 from lmk2video.models.sd15 import sd15_unet_config
-from lmk2video.models.weights import check_state_dict, load_checkpoint
+from lmk2video.models.weights import assert_materialised, check_state_dict, load_checkpoint
 
 ANIPORTRAIT_FILES = {
     "denoising_unet": "denoising_unet.pth",
@@ -181,9 +181,7 @@ def _build_and_load(
         model = model_cls.from_config(dict(config))
     check_state_dict(model.state_dict(), state, source, fix)
     model.load_state_dict(state, strict=True, assign=True)
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:
-        raise RuntimeError(f"{model_cls.__name__} kept uninitialised tensors after loading: {left}")
+    assert_materialised(model)
     return model
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from common.errors import UserError
 from lmk2video.models.denoising_unet import DenoisingUNet
+from lmk2video.models.motion_module import sinusoidal_table
 from lmk2video.models.reference_unet import ReferenceUNet
 from lmk2video.models.weights import load_checkpoint
 from tests.l2v_tiny import (
@@ -94,6 +95,16 @@ def test_from_pretrained_2d_equals_the_diffusers_unet(sd_unet, tmp_path: Path, l
         torch.save(unet.state_dict(), path / "diffusion_pytorch_model.bin")
     model = DenoisingUNet.from_pretrained_2d(path, **{"motion_module": dict(TINY_MOTION)}).eval()
     assert model.has_motion_modules
+    for name, tensor in model.motion_module_state_dict().items():  # freshly initialised, not left empty
+        assert torch.isfinite(tensor).all(), name
+        if ".proj_out." in name:
+            assert not tensor.any(), name
+        elif name.endswith(".pe"):
+            torch.testing.assert_close(
+                tensor, sinusoidal_table(tensor.shape[1], tensor.shape[2]), rtol=0, atol=0
+            )
+        elif name.endswith(".weight") and tensor.ndim == 2:
+            assert 0 < tensor.std() < 1, name
     assert_weights_equal(model, unet.state_dict())
     sample, timesteps, context = video_inputs()
     frames = sample.shape[2]

@@ -26,7 +26,12 @@ from torch import nn
 
 from common.atomic import atomic_output
 from common.errors import UserError
-from lmk2video.models.motion_module import MotionModuleConfig, is_positional_table, positional_table_length
+from lmk2video.models.motion_module import (
+    MotionModule,
+    MotionModuleConfig,
+    is_positional_table,
+    positional_table_length,
+)
 from lmk2video.models.reference_attention import (
     MASK_KWARG,
     READ_KWARG,
@@ -37,6 +42,8 @@ from lmk2video.models.reference_attention import (
 from lmk2video.models.unet_blocks import BlockOptions, DownBlock3D, MidBlock3D, UpBlock3D
 from lmk2video.models.weights import (
     StrictLoadMixin,
+    adopt_state_dict,
+    assert_materialised,
     check_state_dict,
     load_checkpoint,
     read_unet_folder,
@@ -494,16 +501,23 @@ class DenoisingUNet(StrictLoadMixin, ModelMixin, ConfigMixin):
         raw_config, state_dict = read_unet_folder(folder)
         config = config_from_diffusers_unet(raw_config, source=str(folder / "config.json"))
         config["motion_module"] = MotionModuleConfig().to_dict()
-        unknown = sorted(set(config_overrides) - set(config))
+        valid = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(config_overrides) - valid)
         if unknown:
             raise UserError(
-                f"unknown DenoisingUNet config overrides {unknown}; valid names are {sorted(config)}"
+                f"unknown DenoisingUNet config overrides {unknown}; valid names are {sorted(valid)}"
             )
         config.update(config_overrides)
-        model = cls.from_config(config)
+        with torch.device("meta"):  # no time spent on a random init that the weights replace
+            model = cls.from_config(config)
         expected_2d = {k: v for k, v in model.state_dict().items() if MOTION_KEY not in f".{k}"}
         check_state_dict(expected_2d, state_dict, str(folder), fix="pass a Stable Diffusion 1.5 style UNet")
-        model.load_state_dict(state_dict, strict=False)
+        adopt_state_dict(model, state_dict)
+        for module in model.modules():
+            if isinstance(module, MotionModule):
+                module.to_empty(device="cpu")
+                module.reset_parameters()
+        assert_materialised(model)
         if motion_module_path is not None:
             model.load_motion_modules(motion_module_path)
         return model

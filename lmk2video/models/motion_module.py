@@ -122,6 +122,11 @@ class PositionalEncoding(nn.Module):
         super().__init__()
         self.register_buffer("pe", sinusoidal_table(max_position, dim), persistent=True)
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Recompute the table in place (after ``to_empty``)."""
+        self.pe.copy_(sinusoidal_table(self.pe.shape[1], self.pe.shape[2]))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = x.shape[1]
         if frames > self.pe.shape[1]:
@@ -239,6 +244,15 @@ class MotionModule(nn.Module):
     def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
         """(B*F, C, H, W) -> (B*F, C, H, W); mixes information across the F frames of each sample."""
         return self.temporal_transformer(hidden_states, num_frames)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Fresh initialisation: PyTorch defaults, sinusoidal tables, zero output projection (identity)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.LayerNorm | nn.GroupNorm | PositionalEncoding):
+                module.reset_parameters()
+        nn.init.zeros_(self.temporal_transformer.proj_out.weight)
+        nn.init.zeros_(self.temporal_transformer.proj_out.bias)
 
 
 def positional_table_length(state_dict: Mapping[str, torch.Tensor]) -> int | None:

@@ -21,7 +21,14 @@ from lmk2video.models.reference_attention import (
     install_reference_processors,
     reference_processors_installed,
 )
-from lmk2video.models.weights import StrictLoadMixin, check_state_dict, read_unet_folder, resolve_unet_folder
+from lmk2video.models.weights import (
+    StrictLoadMixin,
+    adopt_state_dict,
+    assert_materialised,
+    check_state_dict,
+    read_unet_folder,
+    resolve_unet_folder,
+)
 
 OUTPUT_HEAD_PREFIXES = ("conv_norm_out.", "conv_out.")
 
@@ -117,9 +124,11 @@ class ReferenceUNet(StrictLoadMixin, UNet2DConditionModel):
         folder = resolve_unet_folder(unet_path, subfolder)
         config, state_dict = read_unet_folder(folder)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(OUTPUT_HEAD_PREFIXES)}
-        model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        with torch.device("meta"):  # no time spent on a random init that the weights replace
+            model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
         check_state_dict(
             model.state_dict(), state_dict, str(folder), fix="pass a Stable Diffusion UNet folder"
         )
-        model.load_state_dict(state_dict, strict=True)
+        adopt_state_dict(model, state_dict)
+        assert_materialised(model)
         return model

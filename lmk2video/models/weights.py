@@ -105,6 +105,24 @@ def strict_load(
     module.load_state_dict(state_dict, strict=True)
 
 
+def adopt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Make the tensors of ``state_dict`` the parameters of a model built on the meta device.
+
+    Keys must already be checked (:func:`check_state_dict`); tensors are cast to the model's dtype.
+    Parameters not in ``state_dict`` stay on the meta device for the caller to materialise.
+    """
+    expected = model.state_dict()
+    state = {k: v.to(dtype=expected[k].dtype) for k, v in state_dict.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+
+
+def assert_materialised(model: nn.Module) -> None:
+    """Raise if a parameter or buffer of ``model`` is still on the meta device (a loader bug)."""
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"{type(model).__name__} kept uninitialised tensors after loading: {left[:10]}")
+
+
 def resolve_unet_folder(path: str | os.PathLike, subfolder: str | None = None) -> Path:
     """The folder holding a diffusers UNet's ``config.json``.
 
