@@ -1,1 +1,1 @@
-"""lmk2video: a reference image plus a landmark sequence -> video, with a landmark-conditioned video diffusion model."""
+"""lmk2video: landmark-conditioned portrait video diffusion (reference image + landmark sequence -> video)."""

@@ -1,1 +1,1 @@
-"""lmk2video networks: denoising UNet, reference UNet, motion modules, pose guider."""
+"""Networks of lmk2video; import each from its own module (e.g. ``lmk2video.models.pose_guider``)."""
