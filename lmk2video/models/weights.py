@@ -1,0 +1,188 @@
+"""Reading checkpoint files and loading them strictly.
+
+Every loader in lmk2video goes through :func:`strict_load`: a missing key, an unexpected key or a
+shape mismatch is a :class:`common.errors.UserError` that lists the offending keys and names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from torch import nn
+
+from common.errors import UserError
+
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
+CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+_MAX_LISTED = 30
+
+
+def format_keys(keys: Iterable[str], limit: int = _MAX_LISTED) -> str:
+    """Sorted, comma-separated key list, cut after ``limit`` names with a count of the rest."""
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    if len(keys) > limit:
+        shown += f", ... ({len(keys) - limit} more)"
+    return shown
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors``, ``.bin``, ``.pth``, ``.pt`` or ``.ckpt`` onto the CPU.
+
+    A dict nested under ``"state_dict"`` (PyTorch Lightning, AnimateDiff training checkpoints) is
+    unwrapped. Entries that are not tensors (``global_step``, config strings) are dropped: they are
+    metadata, not weights. Pickle files are read with ``weights_only=True``.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; check the path")
+    suffix = path.suffix.lower()
+    if suffix not in CHECKPOINT_SUFFIXES:
+        raise UserError(
+            f"checkpoint {path} has an unknown extension {path.suffix!r}; "
+            f"expected one of {', '.join(CHECKPOINT_SUFFIXES)}"
+        )
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            data: Any = load_file(str(path), device="cpu")
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, wrong format, pickled code objects
+        raise UserError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {err}; "
+            "re-download it or convert it to .safetensors"
+        ) from None
+    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
+        data = data["state_dict"]
+    if not isinstance(data, Mapping):
+        raise UserError(f"checkpoint {path} holds a {type(data).__name__}, not a state dict")
+    tensors = {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UserError(f"checkpoint {path} holds no tensors")
+    return tensors
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], source: str, fix: str = ""
+) -> None:
+    """Raise a :class:`UserError` listing missing keys, unexpected keys and shape mismatches.
+
+    ``expected`` is usually ``module.state_dict()``; ``source`` names the file (or files) the
+    weights came from; ``fix`` is appended to the message as the suggested remedy.
+    """
+    missing = set(expected) - set(given)
+    unexpected = set(given) - set(expected)
+    mismatched = [
+        f"{k} (checkpoint {tuple(given[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in sorted(set(expected) & set(given))
+        if tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {format_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {format_keys(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {format_keys(mismatched)}")
+    if problems:
+        message = f"weights from {source} do not fit the model: " + "; ".join(problems)
+        raise UserError(message + (f"; {fix}" if fix else ""))
+
+
+def strict_load(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, fix: str = ""
+) -> None:
+    """Load ``state_dict`` into ``module`` with every key required and none unexpected."""
+    check_state_dict(module.state_dict(), state_dict, source, fix)
+    module.load_state_dict(state_dict, strict=True)
+
+
+def adopt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Make the tensors of ``state_dict`` the parameters of a model built on the meta device.
+
+    Keys must already be checked (:func:`check_state_dict`); tensors are cast to the model's dtype.
+    Parameters not in ``state_dict`` stay on the meta device for the caller to materialise.
+    """
+    expected = model.state_dict()
+    state = {k: v.to(dtype=expected[k].dtype) for k, v in state_dict.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+
+
+def assert_materialised(model: nn.Module) -> None:
+    """Raise if a parameter or buffer of ``model`` is still on the meta device (a loader bug)."""
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"{type(model).__name__} kept uninitialised tensors after loading: {left[:10]}")
+
+
+def resolve_unet_folder(path: str | os.PathLike, subfolder: str | None = None) -> Path:
+    """The folder holding a diffusers UNet's ``config.json``.
+
+    Accepts the UNet folder itself or a pipeline root with a ``unet/`` subfolder (Stable Diffusion
+    layout); ``subfolder`` picks another subfolder explicitly.
+    """
+    root = Path(path).expanduser()
+    folder = root / subfolder if subfolder else root
+    if (
+        not (folder / "config.json").is_file()
+        and subfolder is None
+        and (root / "unet" / "config.json").is_file()
+    ):
+        folder = root / "unet"
+    if not (folder / "config.json").is_file():
+        raise UserError(
+            f"{folder} is not a diffusers UNet folder (no config.json); pass the Stable Diffusion 1.5 "
+            "'unet' folder or the pipeline folder that contains it"
+        )
+    return folder
+
+
+def read_unet_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Config dict and state dict of a diffusers model folder (safetensors preferred over .bin)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {folder / 'config.json'}: {err}") from None
+    for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME):
+        if (folder / name).is_file():
+            return config, load_checkpoint(folder / name)
+    others = sorted(p.name for p in folder.glob("diffusion_pytorch_model*"))
+    hint = f" (found {', '.join(others)}; pass the full-precision files)" if others else ""
+    raise UserError(f"{folder} has no {SAFETENSORS_WEIGHTS_NAME} or {WEIGHTS_NAME}{hint}")
+
+
+class StrictLoadMixin:
+    """Makes diffusers' ``from_pretrained`` strict: missing or unexpected keys raise a :class:`UserError`.
+
+    diffusers only logs a warning for both; put this mixin before ``ModelMixin`` in the bases.
+    ``strict_load_hint`` is appended to the error as the suggested fix.
+    """
+
+    strict_load_hint = "save the model again with save_pretrained or convert the original checkpoint"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, output_loading_info=True, **kwargs
+        )
+        problems = []
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            keys = [k if isinstance(k, str) else str(k[0]) for k in info.get(kind, [])]
+            if keys:
+                problems.append(f"{len(keys)} {kind.replace('_', ' ')}: {format_keys(keys)}")
+        if problems:
+            raise UserError(
+                f"{pretrained_model_name_or_path} does not hold a complete {cls.__name__}: "
+                + "; ".join(problems)
+                + f"; {cls.strict_load_hint}"
+            )
+        return (model, info) if want_info else model

@@ -1,0 +1,222 @@
+"""``python -m lmk2video.convert aniportrait``: key mappings, strictness, atomic output, round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from common.errors import UserError
+from lmk2video.convert import (
+    REPORT_NAME,
+    convert_aniportrait,
+    convert_aniportrait_denoising_unet,
+    convert_aniportrait_motion_module,
+    convert_aniportrait_reference_unet,
+    main,
+)
+from lmk2video.models.denoising_unet import DenoisingUNet
+from lmk2video.models.reference_unet import ReferenceUNet
+from tests.l2v_tiny import (
+    TINY_MOTION,
+    TINY_UNET,
+    animatediff_checkpoint_shapes,
+    assert_weights_equal,
+    random_state_dict,
+    randomize_,
+    video_inputs,
+)
+
+HEAD = ("conv_norm_out.", "conv_out.")
+TINY_POSE_GUIDER = {"num_attention_heads": 2, "norm_num_groups": 4}
+
+
+def _aniportrait_unet_state_dicts(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """State dicts named and shaped like AniPortrait's UNet files for the tiny architecture.
+
+    AniPortrait's UNet3DConditionModel (stage 1, saved as denoising_unet.pth) has exactly diffusers'
+    UNet2DConditionModel keys (InflatedConv3d is an nn.Conv2d, Transformer3DModel keeps the 2D names, no
+    temporal attention); its reference UNet copy deletes conv_norm_out/conv_out; motion_module.pth holds
+    the AnimateDiff-layout keys of the stage-2 UNet.
+    """
+    denoising = randomize_(UNet2DConditionModel(**TINY_UNET), seed).state_dict()
+    reference = randomize_(UNet2DConditionModel(**TINY_UNET), seed + 1).state_dict()
+    reference = {k: v for k, v in reference.items() if not k.startswith(HEAD)}
+    motion = random_state_dict(
+        animatediff_checkpoint_shapes(
+            TINY_UNET["block_out_channels"], TINY_UNET["layers_per_block"], TINY_MOTION["max_position"]
+        ),
+        seed + 2,
+    )
+    return {"denoising_unet": denoising, "reference_unet": reference, "motion_module": motion}
+
+
+def _write_source(folder: Path, states: dict[str, dict[str, torch.Tensor]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, state in states.items():
+        torch.save(state, folder / f"{name}.pth")
+    return folder
+
+
+def _tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.json"
+    config = {"unet": TINY_UNET, "motion_module": TINY_MOTION, "pose_guider": TINY_POSE_GUIDER}
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_unet_key_mappings() -> None:
+    states = _aniportrait_unet_state_dicts()
+    stray = {
+        **states["denoising_unet"],
+        "down_blocks.0.motion_modules.0.temporal_transformer.norm.weight": torch.ones(8),
+    }
+    denoising = convert_aniportrait_denoising_unet(stray, states["motion_module"])
+    assert denoising.keys() == states["denoising_unet"].keys() | states["motion_module"].keys()
+    assert (
+        denoising["down_blocks.0.motion_modules.0.temporal_transformer.norm.weight"]
+        is (states["motion_module"]["down_blocks.0.motion_modules.0.temporal_transformer.norm.weight"])
+    )
+    assert all(denoising[k] is v for k, v in states["denoising_unet"].items())
+    with torch.device("meta"):
+        model = DenoisingUNet(**TINY_UNET, motion_module=TINY_MOTION)
+    assert {k: tuple(v.shape) for k, v in denoising.items()} == {
+        k: tuple(v.shape) for k, v in model.state_dict().items()
+    }
+
+    full_reference = randomize_(UNet2DConditionModel(**TINY_UNET), 5).state_dict()
+    assert (
+        convert_aniportrait_reference_unet(full_reference).keys()
+        == ReferenceUNet(**TINY_UNET).state_dict().keys()
+    )
+    with pytest.raises(UserError, match=r"not motion-module keys: conv_in\.weight"):
+        convert_aniportrait_motion_module({**states["motion_module"], "conv_in.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "message"),
+    [
+        (
+            "denoising_unet",
+            lambda s: s.update({"mid_block.extra.weight": torch.zeros(1)}),
+            r"1 unexpected keys: mid_block\.extra\.weight",
+        ),
+        ("denoising_unet", lambda s: s.pop("conv_in.bias"), r"1 missing keys: conv_in\.bias"),
+        (
+            "motion_module",
+            lambda s: s.pop("mid_block.motion_modules.0.temporal_transformer.proj_in.bias"),
+            r"missing keys: mid_block\.motion_modules\.0\.temporal_transformer\.proj_in\.bias",
+        ),
+        (
+            "reference_unet",
+            lambda s: s.pop("up_blocks.1.attentions.0.proj_in.weight"),
+            r"missing keys: up_blocks\.1\.attentions\.0\.proj_in\.weight",
+        ),
+        (
+            "reference_unet",
+            lambda s: s.update({"conv_in.weight": torch.zeros(8, 4, 1, 1)}),
+            r"shape mismatches: conv_in\.weight \(checkpoint \(8, 4, 1, 1\), model \(8, 4, 3, 3\)\)",
+        ),
+    ],
+    ids=["extra-2d-key", "missing-2d-key", "missing-motion-key", "missing-reference-key", "wrong-shape"],
+)
+def test_conversion_is_strict_and_writes_nothing_on_error(
+    tmp_path: Path, file: str, edit, message: str
+) -> None:
+    states = _aniportrait_unet_state_dicts()
+    edit(states[file])
+    src = _write_source(tmp_path / "src", states)
+    torch.save({"unused": torch.zeros(1)}, src / "pose_guider.pth")  # never reached: the UNets fail first
+    dst = tmp_path / "out" / "converted"
+    with pytest.raises(UserError, match=message) as err:
+        convert_aniportrait(src, dst, json.loads(_tiny_config(tmp_path).read_text()))
+    assert f"{file}.pth" in str(err.value)
+    assert not dst.exists()
+    assert list((tmp_path / "out").iterdir()) == []  # no temporary folder left behind
+
+
+def test_cli_reports_bad_input_with_exit_code_2(tmp_path: Path, capsys) -> None:
+    src = _write_source(tmp_path / "src", {"denoising_unet": {"a": torch.zeros(1)}})
+    dst = tmp_path / "converted"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["aniportrait", str(src), str(dst)])
+    assert exit_info.value.code == 2
+    assert "lacks reference_unet.pth, pose_guider.pth, motion_module.pth" in capsys.readouterr().err
+    assert not dst.exists()
+
+    dst.mkdir()
+    _write_source(src, _aniportrait_unet_state_dicts())
+    torch.save({"a": torch.zeros(1)}, src / "pose_guider.pth")
+    with pytest.raises(SystemExit):
+        main(["aniportrait", str(src), str(dst)])
+    assert "already exists; choose a new output folder or pass --overwrite" in capsys.readouterr().err
+
+    (tmp_path / "bad.json").write_text('{"vae": {}}')
+    with pytest.raises(SystemExit):
+        main(["aniportrait", str(src), str(tmp_path / "new"), "--config", str(tmp_path / "bad.json")])
+    assert "optional sections unet, motion_module, pose_guider" in capsys.readouterr().err
+
+
+def test_round_trip_through_the_cli(tmp_path: Path, capsys) -> None:
+    pose_guider_module = pytest.importorskip("lmk2video.models.pose_guider")
+    states = _aniportrait_unet_state_dicts()
+    guider = pose_guider_module.PoseGuider(
+        unet_block_out_channels=TINY_UNET["block_out_channels"],
+        block_out_channels=(16, 32, 64, 128),
+        norm_num_groups=TINY_POSE_GUIDER["norm_num_groups"],
+        num_attention_heads=TINY_POSE_GUIDER["num_attention_heads"],
+        attention_head_dim=4,
+        reference_attention=True,
+        architecture="aniportrait",
+    )
+    randomize_(guider, seed=9)
+    states["pose_guider"] = pose_guider_module.convert_to_aniportrait_pose_guider(guider.state_dict())
+    src = _write_source(tmp_path / "src", states)
+    dst = tmp_path / "converted"
+    config = _tiny_config(tmp_path)
+
+    assert main(["aniportrait", str(src), str(dst), "--config", str(config)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    denoiser = DenoisingUNet.from_pretrained(dst / "denoising_unet").eval()
+    reference = ReferenceUNet.from_pretrained(dst / "reference_unet").eval()
+    loaded_guider = pose_guider_module.PoseGuider.from_pretrained(dst / "pose_guider").eval()
+    assert_weights_equal(denoiser, {**states["denoising_unet"], **states["motion_module"]})
+    assert_weights_equal(reference, states["reference_unet"])
+    assert_weights_equal(loaded_guider, guider.state_dict())
+
+    report = (dst / REPORT_NAME).read_text()
+    for key in states["denoising_unet"]:
+        assert f"  {key} <- denoising_unet.pth:{key}\n" in report
+    for key in states["motion_module"]:
+        assert f"  {key} <- motion_module.pth:{key}\n" in report
+    for key in states["reference_unet"]:
+        assert f"  {key} <- reference_unet.pth:{key}\n" in report
+    assert "(computed by the converter)" not in report
+
+    # The converted parts work together: reference bank + pose residuals + motion modules.
+    sample, timesteps, context = video_inputs(batch=1, frames=2)
+    landmarks = torch.rand(1, 3, 2, 64, 64) * 2 - 1
+    with torch.no_grad():
+        bank = reference.compute_reference_hidden_states(torch.randn(1, 4, 8, 8), context)
+        pose = loaded_guider(landmarks, landmarks[:, :, 0])
+        out = denoiser(
+            sample,
+            timesteps,
+            context,
+            reference_hidden_states=bank,
+            down_block_res_samples=pose.down_block_res_samples,
+            mid_block_res_sample=pose.mid_block_res_sample,
+        ).sample
+    assert out.shape == sample.shape and torch.isfinite(out).all()
+
+    assert main(["aniportrait", str(src), str(dst), "--config", str(config), "--overwrite"]) == 0
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "conversion_report.txt",
+        "denoising_unet",
+        "pose_guider",
+        "reference_unet",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "src", "tiny.json"]
