@@ -49,11 +49,11 @@ import torch
 
 from common.atomic import ensure_writable_dir
 from common.errors import UserError, exit_on_user_error
+from common.weights import assert_materialised, check_state_dict, load_checkpoint
 from lmk2video.models.denoising_unet import MOTION_KEY, DenoisingUNet, config_from_diffusers_unet
 from lmk2video.models.motion_module import MotionModuleConfig
 from lmk2video.models.reference_unet import OUTPUT_HEAD_PREFIXES, ReferenceUNet
 from lmk2video.models.sd15 import sd15_unet_config
-from lmk2video.models.weights import assert_materialised, check_state_dict, load_checkpoint
 
 ANIPORTRAIT_FILES = {
     "denoising_unet": "denoising_unet.pth",

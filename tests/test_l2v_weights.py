@@ -12,10 +12,10 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from common.errors import UserError
+from common.weights import load_checkpoint
 from lmk2video.models.denoising_unet import DenoisingUNet
 from lmk2video.models.motion_module import sinusoidal_table
 from lmk2video.models.reference_unet import ReferenceUNet
-from lmk2video.models.weights import load_checkpoint
 from tests.l2v_tiny import (
     TINY_MOTION,
     TINY_UNET,

@@ -404,7 +404,7 @@ def test_converter_is_strict() -> None:
 
 
 def test_from_aniportrait_reports_bad_files(tmp_path) -> None:
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(UserError, match="does not exist"):
         PoseGuider.from_aniportrait(tmp_path / "missing.pth")
     not_weights = tmp_path / "list.pth"
     torch.save([1, 2], not_weights)

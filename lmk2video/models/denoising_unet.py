@@ -26,6 +26,15 @@ from torch import nn
 
 from common.atomic import atomic_output
 from common.errors import UserError
+from common.weights import (
+    StrictLoadMixin,
+    adopt_state_dict,
+    assert_materialised,
+    check_state_dict,
+    load_checkpoint,
+    read_unet_folder,
+    resolve_unet_folder,
+)
 from lmk2video.models.motion_module import (
     MotionModule,
     MotionModuleConfig,
@@ -40,15 +49,6 @@ from lmk2video.models.reference_attention import (
     reference_processors_installed,
 )
 from lmk2video.models.unet_blocks import BlockOptions, DownBlock3D, MidBlock3D, UpBlock3D
-from lmk2video.models.weights import (
-    StrictLoadMixin,
-    adopt_state_dict,
-    assert_materialised,
-    check_state_dict,
-    load_checkpoint,
-    read_unet_folder,
-    resolve_unet_folder,
-)
 
 CROSS_ATTN_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock3D")
 PLAIN_DOWN = ("DownBlock2D", "DownBlock3D")

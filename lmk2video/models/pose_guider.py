@@ -78,6 +78,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from common.errors import UserError
+from common.weights import StrictLoadMixin, load_checkpoint
 
 ARCHITECTURES = ("default", "aniportrait")
 _MAX_LISTED_KEYS = 20
@@ -238,7 +239,7 @@ def _he_normal_(modules: Iterable[nn.Module]) -> None:
 # ---------------------------------------------------------------------------------------------- model
 
 
-class PoseGuider(ModelMixin, ConfigMixin):
+class PoseGuider(StrictLoadMixin, ModelMixin, ConfigMixin):
     """Landmark-image encoder producing the denoising UNet's down-path residuals (see the module docstring).
 
     Args:
@@ -392,7 +393,7 @@ class PoseGuider(ModelMixin, ConfigMixin):
         the file and listing missing / unexpected / mis-shaped keys.
         """
         path = Path(path)
-        state_dict = _read_state_dict(path)
+        state_dict = load_checkpoint(path)
         config = aniportrait_config_from_state_dict(
             state_dict,
             num_attention_heads=num_attention_heads,
@@ -402,21 +403,6 @@ class PoseGuider(ModelMixin, ConfigMixin):
         model = cls(**config)
         model.load_state_dict(convert_aniportrait_pose_guider(state_dict, source=str(path)), strict=True)
         return model
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> PoseGuider:
-        """diffusers' ``from_pretrained``, but strict: missing or unexpected weights raise :class:`UserError`."""
-        want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, output_loading_info=True, **kwargs
-        )
-        problems = _describe_key_problems(info.get("missing_keys", []), info.get("unexpected_keys", []))
-        if problems:
-            raise UserError(
-                f"{pretrained_model_name_or_path}: weights do not match the PoseGuider described by its "
-                f"config.json ({problems}); re-save the model with save_pretrained or fix config.json."
-            )
-        return (model, info) if want_info else model
 
     @property
     def downsample_factor(self) -> int:
@@ -727,27 +713,6 @@ def convert_to_aniportrait_pose_guider(state_dict: Mapping[str, torch.Tensor]) -
         )
     convert_aniportrait_pose_guider(converted, source="converted state dict")
     return converted
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; pass the path of AniPortrait's pose_guider.pth")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state_dict = load_file(str(path))
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(
-            f"{path}: cannot read it as a PyTorch state dict ({err}); pass pose_guider.pth"
-        ) from err
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state_dict.values()
-    ):
-        raise UserError(f"{path}: holds a {type(state_dict).__name__}, not a state dict of tensors")
-    return dict(state_dict)
 
 
 def _format_keys(keys: list[str]) -> str:

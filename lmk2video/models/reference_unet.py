@@ -15,19 +15,19 @@ import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from torch import nn
 
-from lmk2video.models.reference_attention import (
-    WRITE_KWARG,
-    ReferenceBank,
-    install_reference_processors,
-    reference_processors_installed,
-)
-from lmk2video.models.weights import (
+from common.weights import (
     StrictLoadMixin,
     adopt_state_dict,
     assert_materialised,
     check_state_dict,
     read_unet_folder,
     resolve_unet_folder,
+)
+from lmk2video.models.reference_attention import (
+    WRITE_KWARG,
+    ReferenceBank,
+    install_reference_processors,
+    reference_processors_installed,
 )
 
 OUTPUT_HEAD_PREFIXES = ("conv_norm_out.", "conv_out.")
