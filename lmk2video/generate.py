@@ -336,6 +336,9 @@ def _pose_cache_device(
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR / "lmk2video"), config_name="generate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    from lmk2video.pipeline import quiet_libraries
+
+    quiet_libraries()
     generate(GenerateSettings.from_config(cfg, cfg.paths.work_dir))
 
 

@@ -217,6 +217,9 @@ def run(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR / "lmk2video"), config_name="init")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    from lmk2video.pipeline import quiet_libraries
+
+    quiet_libraries()
     run(cfg)
 
 

@@ -63,7 +63,7 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
-from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
+from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection, PreTrainedModel
 
 from common.draw import get_style
 from common.errors import UserError
@@ -251,7 +251,10 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             raise UserError(
                 f"{source}: the components do not fit together: {'; '.join(problems)}; {REBUILD_HINT}"
             )
-        get_style(self.config.landmark_style)
+        try:
+            get_style(self.config.landmark_style)
+        except UserError as err:
+            raise UserError(f"{source}: landmark_style: {err}") from None
 
     # ------------------------------------------------------------------------------------ loading
 
@@ -592,6 +595,8 @@ def load_pretrained_strict(
     :class:`UserError` naming ``folder`` and ending with ``hint``. ``use_safetensors=True`` refuses pickles.
     """
     kwargs: dict[str, Any] = {"output_loading_info": True}
+    if issubclass(cls, PreTrainedModel):  # report mismatched shapes ourselves, as for diffusers models
+        kwargs["ignore_mismatched_sizes"] = True
     if use_safetensors is not None:
         kwargs["use_safetensors"] = use_safetensors
     if torch_dtype is not None:
@@ -601,10 +606,7 @@ def load_pretrained_strict(
     except UserError as err:
         raise UserError(f"{folder}: {err}") from None
     except Exception as err:  # missing files, unreadable JSON, bad config values, shape mismatches
-        message = " ".join(str(err).split())
-        raise UserError(
-            f"{folder}: cannot load {cls.__name__} ({type(err).__name__}: {message}); {hint}"
-        ) from None
+        raise UserError(f"{folder}: cannot load {cls.__name__} ({_describe(err)}); {hint}") from None
     problems = []
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         keys = [k if isinstance(k, str) else str(k[0]) for k in info.get(kind, [])]
@@ -626,10 +628,24 @@ def _load_component(root: Path, name: str, entry: Any, torch_dtype: torch.dtype 
     try:
         return cls.from_pretrained(folder)
     except Exception as err:  # missing or unreadable config file, bad values
-        message = " ".join(str(err).split())
-        raise UserError(
-            f"{folder}: cannot load {cls.__name__} ({type(err).__name__}: {message}); {REBUILD_HINT}"
-        ) from None
+        raise UserError(f"{folder}: cannot load {cls.__name__} ({_describe(err)}); {REBUILD_HINT}") from None
+
+
+def _describe(err: Exception) -> str:
+    """One line for a loader's exception, without diffusers' advice to load mismatched weights anyway."""
+    message = " ".join(str(err).split()).split(" If you want to instead overwrite")[0]
+    return f"{type(err).__name__}: {message}"
+
+
+def quiet_libraries() -> None:
+    """Errors only from diffusers' and transformers' loggers, no loading progress bars (for the CLIs, whose
+    own messages and :class:`UserError` lines would otherwise drown in load reports)."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
 
 
 def load_pipeline(
