@@ -2,17 +2,13 @@
 
 Components (AniPortrait's design), registered as a diffusers ``DiffusionPipeline``:
 
-==================  ===============================================  ===========================================
-name                class                                            role
-==================  ===============================================  ===========================================
-``vae``             diffusers ``AutoencoderKL``                      reference image -> latents; latents -> frames
-``image_encoder``   transformers ``CLIPVisionModelWithProjection``   reference image -> one cross-attention token
-``feature_extractor`` transformers ``CLIPImageProcessorPil``         the image encoder's resize/crop/normalise
-``reference_unet``  :class:`~lmk2video.models.reference_unet.ReferenceUNet`   reference latents -> reference bank
-``denoising_unet``  :class:`~lmk2video.models.denoising_unet.DenoisingUNet`   denoises video latents
-``pose_guider``     :class:`~lmk2video.models.pose_guider.PoseGuider`         landmark drawings -> UNet residuals
-``scheduler``       a diffusers scheduler (DDIM, v-prediction, zero-terminal-SNR, trailing spacing)
-==================  ===============================================  ===========================================
+* ``vae``: diffusers ``AutoencoderKL``; reference image -> latents, latents -> frames;
+* ``image_encoder``: transformers ``CLIPVisionModelWithProjection``; reference image -> one cross-attention token;
+* ``feature_extractor``: transformers ``CLIPImageProcessorPil``; the image encoder's resize, crop, normalisation;
+* ``reference_unet``: :class:`~lmk2video.models.reference_unet.ReferenceUNet`; reference latents -> reference bank;
+* ``denoising_unet``: :class:`~lmk2video.models.denoising_unet.DenoisingUNet`; denoises the video latents;
+* ``pose_guider``: :class:`~lmk2video.models.pose_guider.PoseGuider`; landmark drawings -> UNet residuals;
+* ``scheduler``: a diffusers scheduler (DDIM with v-prediction, zero terminal SNR, trailing spacing by default);
 
 plus config values ``landmark_style`` (the :mod:`common.draw` style the pose guider was trained on) and the
 default output ``width`` / ``height``.
@@ -51,6 +47,7 @@ Generation (:meth:`LandmarkVideoPipeline.stream`)
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -448,8 +445,6 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         return latents
 
     def _step_kwargs(self, generator: torch.Generator | None, eta: float) -> dict[str, Any]:
-        import inspect
-
         params = inspect.signature(self.scheduler.step).parameters
         kwargs: dict[str, Any] = {}
         if "eta" in params:
