@@ -23,17 +23,16 @@ def tiny_model_config(motion: bool = True) -> dict[str, Any]:
     return config
 
 
-def tiny_pipeline(motion: bool = True, seed: int = 0, randomize: bool = True):
-    """A tiny pipeline; ``randomize`` overwrites the UNets', motion modules' and pose guider's weights with
-    seeded noise so that no layer is an identity or zero (the pose guider's zero convs included)."""
+def tiny_pipeline(motion: bool = True, seed: int = 0):
+    """A tiny pipeline whose UNets, motion modules and pose guider hold seeded noise, so that no layer is an
+    identity or zero (the pose guider's zero convs included)."""
     from lmk2video.init import build_pipeline
 
     torch.manual_seed(seed)
     pipe = build_pipeline(tiny_model_config(motion))
-    if randomize:
-        randomize_(pipe.reference_unet, seed + 1)
-        randomize_(pipe.denoising_unet, seed + 2)
-        randomize_(pipe.pose_guider, seed + 3)
+    randomize_(pipe.reference_unet, seed + 1)
+    randomize_(pipe.denoising_unet, seed + 2)
+    randomize_(pipe.pose_guider, seed + 3)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
