@@ -64,36 +64,36 @@ from common.errors import UserError
 
 ENCODER_PREFIX = "audio_encoder."
 _POS_CONV = "encoder.pos_conv_embed.conv."
-_WEIGHT_NORM_NAMES = {
-    "weight_g": "parametrizations.weight.original0",
-    "weight_v": "parametrizations.weight.original1",
+# transformers' weight-norm parameter names: torch.nn.utils.weight_norm (AniPortrait's
+# transformers 4.30 / torch 2.0) and torch.nn.utils.parametrizations.weight_norm (current).
+_OLD_WEIGHT_NORM = {
+    "parametrizations.weight.original0": "weight_g",
+    "parametrizations.weight.original1": "weight_v",
 }
-
-_POSE_RENAMES = {
-    "in_fn.": "audio_proj.",
-    "pose_map.": "pose_in.",
-    "pose_map_r.": "pose_out.",
-    "id_embed.": "style_embedding.",
+_MESH_NAMES = {"head.0.": "in_fn.", "head.1.": "out_fn."}
+_POSE_NAMES = {
+    "audio_proj.": "in_fn.",
+    "pose_in.": "pose_map.",
+    "pose_out.": "pose_map_r.",
+    "style_embedding.": "id_embed.",
 }
-_LAYER_RENAMES = {
-    "self_attn.in_proj_weight": "self_attn.to_qkv.weight",
-    "self_attn.in_proj_bias": "self_attn.to_qkv.bias",
-    "self_attn.out_proj.weight": "self_attn.to_out.weight",
-    "self_attn.out_proj.bias": "self_attn.to_out.bias",
-    "multihead_attn.out_proj.weight": "cross_attn.to_out.weight",
-    "multihead_attn.out_proj.bias": "cross_attn.to_out.bias",
-    "linear1.weight": "ffn_in.weight",
-    "linear1.bias": "ffn_in.bias",
-    "linear2.weight": "ffn_out.weight",
-    "linear2.bias": "ffn_out.bias",
-    "norm1.weight": "norm_self.weight",
-    "norm1.bias": "norm_self.bias",
-    "norm2.weight": "norm_cross.weight",
-    "norm2.bias": "norm_cross.bias",
-    "norm3.weight": "norm_ffn.weight",
-    "norm3.bias": "norm_ffn.bias",
+_LAYER_NAMES = {
+    "self_attn.to_qkv.weight": "self_attn.in_proj_weight",
+    "self_attn.to_qkv.bias": "self_attn.in_proj_bias",
+    "self_attn.to_out.": "self_attn.out_proj.",
+    "cross_attn.to_q.weight": "multihead_attn.in_proj_weight",
+    "cross_attn.to_q.bias": "multihead_attn.in_proj_bias",
+    "cross_attn.to_kv.weight": "multihead_attn.in_proj_weight",
+    "cross_attn.to_kv.bias": "multihead_attn.in_proj_bias",
+    "cross_attn.to_out.": "multihead_attn.out_proj.",
+    "ffn_in.": "linear1.",
+    "ffn_out.": "linear2.",
+    "norm_self.": "norm1.",
+    "norm_cross.": "norm2.",
+    "norm_ffn.": "norm3.",
 }
-_LAYER_KEY = re.compile(r"^transformer_decoder\.layers\.(\d+)\.(.+)$")
+_OUR_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+_THEIR_LAYER = re.compile(r"^transformer_decoder\.layers\.(\d+)\.")
 
 
 # ---------------------------------------------------------------------- reading
@@ -207,21 +207,90 @@ def infer_wav2vec2_config(encoder_state: Mapping[str, torch.Tensor], base: Any =
     return config
 
 
-def _split_encoder(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
-    encoder = {k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
-    rest = {k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIX)}
-    return encoder, rest
+def _rename(key: str, table: Mapping[str, str]) -> str | None:
+    """``key`` with the first matching prefix (or whole name) of ``table`` replaced, else None."""
+    for ours, theirs in table.items():
+        if key == ours or (ours.endswith(".") and key.startswith(ours)):
+            return theirs + key[len(ours) :]
+    return None
+
+
+def _encoder_source_name(key: str, old_weight_norm: bool) -> str:
+    """Our ``audio_encoder.model.<k>`` -> AniPortrait's ``audio_encoder.<k>``."""
+    inner = key[len("audio_encoder.model.") :]
+    if old_weight_norm and inner.startswith(_POS_CONV) and inner[len(_POS_CONV) :] in _OLD_WEIGHT_NORM:
+        inner = _POS_CONV + _OLD_WEIGHT_NORM[inner[len(_POS_CONV) :]]
+    return ENCODER_PREFIX + inner
+
+
+def _mesh_source_name(key: str) -> str | None:
+    return _rename(key, _MESH_NAMES)
+
+
+def _pose_source_name(key: str) -> str | None:
+    name = _rename(key, _POSE_NAMES)
+    if name is None and (match := _OUR_LAYER.match(key)):
+        inner = _rename(match.group(2), _LAYER_NAMES)
+        name = None if inner is None else f"transformer_decoder.layers.{match.group(1)}.{inner}"
+    return name
+
+
+def _gather(
+    model: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source_name,
+    source: str,
+    *,
+    ignored: frozenset[str] = frozenset(),
+    hidden: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Our state dict filled from AniPortrait's ``state`` through ``source_name`` (ours -> theirs).
+
+    The check runs both ways and reports AniPortrait's names: keys our model needs that the file
+    lacks, and keys of the file our model does not use (``ignored`` keys are checked elsewhere).
+    Encoder weights come from the file when it has any, else from the model (``wav2vec2=``).
+    """
+    from_file = any(k.startswith(ENCODER_PREFIX) for k in state)
+    old_weight_norm = any(k.endswith(_POS_CONV + "weight_g") for k in state)
+    converted: dict[str, torch.Tensor] = {}
+    wanted: dict[str, str] = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("audio_encoder.model."):
+            if not from_file:
+                converted[key] = value
+                continue
+            wanted[key] = _encoder_source_name(key, old_weight_norm)
+        else:
+            name = source_name(key)
+            if name is None:
+                raise AssertionError(f"no AniPortrait name for {key}")  # a bug in this table, not input
+            wanted[key] = name
+    missing = sorted({name for name in wanted.values() if name not in state})
+    unexpected = sorted(set(state) - set(wanted.values()) - ignored)
+    if missing or unexpected:
+        parts = [f"missing {len(missing)} keys: {', '.join(missing)}"] if missing else []
+        parts += [f"unexpected {len(unexpected)} keys: {', '.join(unexpected)}"] if unexpected else []
+        raise UserError(f"{source} does not match AniPortrait's model: {'; '.join(parts)}")
+    for key, name in wanted.items():
+        value = state[name]
+        if ".cross_attn.to_q." in key:
+            value = value[:hidden]
+        elif ".cross_attn.to_kv." in key:
+            value = value[hidden:]
+        converted[key] = value
+    return converted
 
 
 def _encoder_config(
-    encoder_state: dict, wav2vec2: str | None, wav2vec2_config: Any, source: str
-) -> dict[str, Any]:
+    state: Mapping[str, torch.Tensor], wav2vec2: str | None, wav2vec2_config: Any, source: str
+):
     """The model's ``encoder`` config for a checkpoint's wav2vec2 part."""
+    encoder_state = {k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
     if encoder_state:
         if wav2vec2 is not None:
             raise UserError(
-                f"{source} carries its own wav2vec2 weights; drop the `wav2vec2` option (it is only for files "
-                "without audio_encoder.* weights)"
+                f"{source} carries its own wav2vec2 weights; drop the `wav2vec2` option (it is only for "
+                "files without audio_encoder.* weights)"
             )
         config = infer_wav2vec2_config(encoder_state, wav2vec2_config)
         return {
@@ -232,27 +301,16 @@ def _encoder_config(
         }
     if wav2vec2 is None:
         raise UserError(
-            f"{source} has no audio_encoder.* (wav2vec2) weights; pass wav2vec2=NAME_OR_FOLDER (AniPortrait used "
-            "facebook/wav2vec2-base-960h) to take them from that checkpoint"
+            f"{source} has no audio_encoder.* (wav2vec2) weights; pass wav2vec2=NAME_OR_FOLDER (AniPortrait "
+            "used facebook/wav2vec2-base-960h) to take them from that checkpoint"
         )
     return {"type": "wav2vec2", "pretrained": wav2vec2}
 
 
-def _encoder_weights(model: torch.nn.Module, encoder_state: dict) -> dict[str, torch.Tensor]:
-    """Encoder weights under our names: from the checkpoint, or the model's own (pretrained) ones."""
-    target = model.audio_encoder.model.state_dict()
-    if not encoder_state:
-        return {f"audio_encoder.model.{k}": v for k, v in target.items()}
-    out = {}
-    for key, value in encoder_state.items():
-        if key.startswith(_POS_CONV):
-            name = key[len(_POS_CONV) :]
-            if name in _WEIGHT_NORM_NAMES and _POS_CONV + name not in target:
-                key = _POS_CONV + _WEIGHT_NORM_NAMES[name]
-            elif name in _WEIGHT_NORM_NAMES.values() and _POS_CONV + name not in target:
-                key = _POS_CONV + {v: k for k, v in _WEIGHT_NORM_NAMES.items()}[name]
-        out[f"audio_encoder.model.{key}"] = value
-    return out
+def _require(state: Mapping[str, torch.Tensor], keys: tuple[str, ...], source: str, what: str) -> None:
+    for key in keys:
+        if key not in state:
+            raise UserError(f"{source} lacks {key}; is it AniPortrait's {what}?")
 
 
 # ---------------------------------------------------------------------- the two models
@@ -265,32 +323,24 @@ def convert_aniportrait_audio2mesh(
     wav2vec2: str | None = None,
     wav2vec2_config: Any = None,
 ) -> Audio2MeshModel:
-    """AniPortrait's ``audio2mesh.pt`` (path or state dict) -> :class:`Audio2MeshModel`.
+    """AniPortrait's ``audio2mesh.pt`` (path or state dict) -> :class:`Audio2MeshModel` in eval mode.
 
     ``fps``: frame rate the model is used at (AniPortrait's default 30). See the module docstring
     for ``wav2vec2`` / ``wav2vec2_config`` and the key mapping.
     """
     state, source = _as_state_dict(checkpoint)
-    encoder_state, rest = _split_encoder(state)
-    for key in ("in_fn.weight", "out_fn.weight"):
-        if key not in rest:
-            raise UserError(f"{source} lacks {key}; is it AniPortrait's audio2mesh.pt?")
-    hidden, out_dim = rest["in_fn.weight"].shape[0], rest["out_fn.weight"].shape[0]
+    _require(state, ("in_fn.weight", "out_fn.weight"), source, "audio2mesh.pt")
+    hidden, out_dim = int(state["in_fn.weight"].shape[0]), int(state["out_fn.weight"].shape[0])
     if out_dim % 3:
         raise UserError(f"{source}: out_fn has {out_dim} outputs, not 3 per vertex; is it audio2mesh.pt?")
     model = Audio2MeshModel(
-        encoder=_encoder_config(encoder_state, wav2vec2, wav2vec2_config, source),
-        head_hidden_dims=(int(hidden),),
+        encoder=_encoder_config(state, wav2vec2, wav2vec2_config, source),
+        head_hidden_dims=(hidden,),
         head_activation=None,
         num_vertices=out_dim // 3,
         fps=fps,
     )
-    renames = {"in_fn.": "head.0.", "out_fn.": "head.1."}
-    converted = _encoder_weights(model, encoder_state)
-    for key, value in rest.items():
-        prefix = next((p for p in renames if key.startswith(p)), None)
-        converted[renames[prefix] + key[len(prefix) :] if prefix else key] = value
-    load_state_dict_strict(model, converted, source)
+    load_state_dict_strict(model, _gather(model, state, _mesh_source_name, source), source)
     return model.eval()
 
 
@@ -302,69 +352,40 @@ def convert_aniportrait_audio2pose(
     wav2vec2: str | None = None,
     wav2vec2_config: Any = None,
 ) -> Audio2PoseModel:
-    """AniPortrait's ``audio2pose.pt`` (path or state dict) -> :class:`Audio2PoseModel`.
+    """AniPortrait's ``audio2pose.pt`` (path or state dict) -> :class:`Audio2PoseModel` in eval mode.
 
     ``num_heads``: decoder attention heads (not stored in the file; AniPortrait uses 8). See the
     module docstring for the mapping and the other options.
     """
     state, source = _as_state_dict(checkpoint)
-    encoder_state, rest = _split_encoder(state)
-    for key in (
-        "pose_map.weight",
-        "id_embed.weight",
-        "PPE.pe",
-        "transformer_decoder.layers.0.linear1.weight",
-    ):
-        if key not in rest:
-            raise UserError(f"{source} lacks {key}; is it AniPortrait's audio2pose.pt?")
-    hidden, pose_dim = (int(n) for n in rest["pose_map.weight"].shape)
-    table = rest.pop("PPE.pe")
+    required = ("pose_map.weight", "id_embed.weight", "PPE.pe", "transformer_decoder.layers.0.linear1.weight")
+    _require(state, required, source, "audio2pose.pt")
+    hidden, pose_dim = (int(n) for n in state["pose_map.weight"].shape)
+    table = state["PPE.pe"]
     if table.ndim != 3 or table.shape[0] != 1 or table.shape[2] != hidden:
         raise UserError(f"{source}: PPE.pe has shape {tuple(table.shape)}, expected (1, positions, {hidden})")
-    expected = sinusoidal_positions(torch.arange(table.shape[1]), hidden)
-    if not torch.allclose(table[0].float(), expected, atol=1e-4):
+    if not torch.allclose(
+        table[0].float(), sinusoidal_positions(torch.arange(table.shape[1]), hidden), atol=1e-4
+    ):
         raise UserError(
             f"{source}: PPE.pe is not the sinusoidal table AniPortrait builds; the file is not supported"
         )
-    layers = sorted({int(m.group(1)) for k in rest if (m := _LAYER_KEY.match(k))})
+    layers = {int(m.group(1)) for k in state if (m := _THEIR_LAYER.match(k))}
     model = Audio2PoseModel(
-        encoder=_encoder_config(encoder_state, wav2vec2, wav2vec2_config, source),
+        encoder=_encoder_config(state, wav2vec2, wav2vec2_config, source),
         hidden_size=hidden,
         num_layers=len(layers),
         num_heads=num_heads,
-        ffn_dim=int(rest["transformer_decoder.layers.0.linear1.weight"].shape[0]),
+        ffn_dim=int(state["transformer_decoder.layers.0.linear1.weight"].shape[0]),
         dropout=0.1,
         activation="relu",
         pose_dim=pose_dim,
-        num_styles=int(rest["id_embed.weight"].shape[0]),
+        num_styles=int(state["id_embed.weight"].shape[0]),
         positional_encoding="sinusoidal",
         attention_span=int(table.shape[1]),
         cross_attention_window=0,
         fps=fps,
     )
-    converted = _encoder_weights(model, encoder_state)
-    for key, value in rest.items():
-        converted.update(_pose_key(key, value, hidden))
+    converted = _gather(model, state, _pose_source_name, source, ignored=frozenset({"PPE.pe"}), hidden=hidden)
     load_state_dict_strict(model, converted, source)
     return model.eval()
-
-
-def _pose_key(key: str, value: torch.Tensor, hidden: int) -> dict[str, torch.Tensor]:
-    """One AniPortrait audio2pose entry -> our entries (the cross-attention projection splits in two)."""
-    prefix = next((p for p in _POSE_RENAMES if key.startswith(p)), None)
-    if prefix is not None:
-        return {_POSE_RENAMES[prefix] + key[len(prefix) :]: value}
-    match = _LAYER_KEY.match(key)
-    if match is None:
-        return {key: value}  # reported as unexpected by the strict load
-    index, name = match.groups()
-    ours = f"layers.{index}."
-    if name in _LAYER_RENAMES:
-        return {ours + _LAYER_RENAMES[name]: value}
-    if name in ("multihead_attn.in_proj_weight", "multihead_attn.in_proj_bias"):
-        kind = "weight" if name.endswith("weight") else "bias"
-        return {
-            ours + f"cross_attn.to_q.{kind}": value[:hidden],
-            ours + f"cross_attn.to_kv.{kind}": value[hidden:],
-        }
-    return {key: value}
