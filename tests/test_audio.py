@@ -156,6 +156,7 @@ def test_cli_wrapper_exits_2_on_bad_audio(tmp_path, capsys):
         (16001, 30, 31),
         (16000, 25, 25),
         (640, 25, 1),
+        (132800, 30, 249),  # float arithmetic would give 250
     ],
 )
 def test_num_frames_for(samples, fps, frames):

@@ -196,7 +196,7 @@ class Audio2PoseModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
             memory_kv = [layer.cross_attn.project_memory(memory) for layer in self.layers]
         x = self._inputs(pose_prev, style_ids)
         for layer, kv in zip(self.layers, memory_kv):
-            x = layer(x, kv, self_bias, cross_bias)
+            x = layer(x, self_bias, kv, cross_bias)
         return self.pose_out(x)
 
     def forward(
@@ -274,20 +274,28 @@ class Audio2PoseModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         span, window = self.config.attention_span, self.config.cross_attention_window
         capacity = frames if span is None or frames <= 2 * span else 2 * span
         caches = [KVCache(span, capacity) for _ in self.layers]
-        memory_kv = [layer.cross_attn.project_memory(memory) for layer in self.layers]
         slopes = self.alibi_slopes[:, None, None]
         # Self-attention bias of the visible keys, oldest first (distances n-1 .. 0; sliced per step).
         longest = frames if span is None else min(span, frames)
         self_bias = -slopes * torch.arange(longest - 1, -1, -1, device=memory.device, dtype=slopes.dtype)
-        # Cross-attention bias for audio offsets -window .. window.
-        cross_bias = -slopes * torch.arange(-window, window + 1, device=memory.device).abs().to(slopes.dtype)
+        if window == 0:  # aligned: the cross-attention output of every frame, computed at once
+            cross = [layer.cross_attn.aligned(memory) for layer in self.layers]
+        else:
+            cross = [layer.cross_attn.project_memory(memory) for layer in self.layers]
+            # Cross-attention bias for audio offsets -window .. window.
+            offsets = torch.arange(-window, window + 1, device=memory.device)
+            cross_bias = -slopes * offsets.abs().to(slopes.dtype)
         outputs = []
         for t in range(frames):
-            lo, hi = max(0, t - window), min(frames, t + window + 1)
-            step_cross_bias = cross_bias[..., lo - t + window : hi - t + window]
             x = self._inputs(prev, style_ids, offset=t)
-            for layer, cache, (k, v) in zip(self.layers, caches, memory_kv):
-                x = layer(x, (k[:, :, lo:hi], v[:, :, lo:hi]), self_bias, step_cross_bias, cache)
+            if window == 0:
+                for layer, cache, out in zip(self.layers, caches, cross):
+                    x = layer(x, self_bias, cache=cache, cross_out=out[:, t : t + 1])
+            else:
+                lo, hi = max(0, t - window), min(frames, t + window + 1)
+                step_bias = cross_bias[..., lo - t + window : hi - t + window]
+                for layer, cache, (k, v) in zip(self.layers, caches, cross):
+                    x = layer(x, self_bias, (k[:, :, lo:hi], v[:, :, lo:hi]), step_bias, cache)
             prev = self.pose_out(x)
             outputs.append(prev)
         return torch.cat(outputs, dim=1)

@@ -166,6 +166,16 @@ class BandCrossAttention(nn.Module):
         k, v = self.to_kv(memory).chunk(2, dim=-1)
         return self._heads(k), self._heads(v)
 
+    def aligned(self, memory: torch.Tensor) -> torch.Tensor:
+        """Output ``(B, S, D)`` for every frame when each attends only to its own audio frame.
+
+        With one visible key the attention weight is exactly 1, so the output is the projected
+        value of that frame whatever the query: what :meth:`forward` gives with ``window=0`` (in
+        eval mode; training applies dropout to the weight), without the query and key work.
+        """
+        value = self.to_kv(memory).chunk(2, dim=-1)[1]
+        return self.to_out(value)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -201,13 +211,22 @@ class PoseDecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        memory_kv: tuple[torch.Tensor, torch.Tensor],
         self_bias: torch.Tensor,
-        cross_bias: torch.Tensor,
+        memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cross_bias: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        cross_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x`` (B, L, D) -> (B, L, D). With ``cache``, ``x`` is one new frame (L = 1)."""
+        """``x`` (B, L, D) -> (B, L, D). With ``cache``, ``x`` is one new frame (L = 1).
+
+        Cross-attention attends to ``memory_kv`` with ``cross_bias``, or, for aligned attention in
+        inference, takes its precomputed output ``cross_out`` (B, L, D) (:meth:`BandCrossAttention.aligned`).
+        """
         x = self.norm_self(x + self.dropout(self.self_attn(x, self_bias, cache)))
-        x = self.norm_cross(x + self.dropout(self.cross_attn(x, memory_kv, cross_bias)))
+        if cross_out is None:
+            if memory_kv is None or cross_bias is None:
+                raise ValueError("give memory_kv and cross_bias, or cross_out")
+            cross_out = self.cross_attn(x, memory_kv, cross_bias)
+        x = self.norm_cross(x + self.dropout(cross_out))
         ffn = self.ffn_out(self.dropout(self.activation(self.ffn_in(x))))
         return self.norm_ffn(x + self.dropout(ffn))
