@@ -153,17 +153,30 @@ def test_wav2vec2_pretrained_errors(tmp_path):
         Wav2Vec2AudioEncoder()
 
 
-def test_mel_encoder_shapes_and_gain_invariance():
+def test_mel_encoder_shapes_and_gain():
     torch.manual_seed(0)
     encoder = build_audio_encoder(tiny_mel_encoder()).eval()
     assert isinstance(encoder, MelAudioEncoder) and encoder.output_dim == 16
     audio = speechlike(16000 + 77, batch=2)
     with torch.no_grad():
         out = encoder(audio, 31)
-        louder = encoder(3.0 * audio, 31)
         one = encoder(audio[:, :534], 1)
-    assert out.shape == (2, 31, 16) and one.shape == (2, 1, 16)
-    torch.testing.assert_close(out, louder, atol=1e-4, rtol=1e-4)
+        assert out.shape == (2, 31, 16) and one.shape == (2, 1, 16)
+        assert not torch.allclose(out, encoder(3.0 * audio, 31), atol=1e-3)  # level matters by default
+        normalising = build_audio_encoder(tiny_mel_encoder(normalize=True)).eval()
+        normalising.load_state_dict(encoder.state_dict())
+        torch.testing.assert_close(normalising(audio, 31), normalising(3.0 * audio, 31), atol=1e-4, rtol=1e-4)
+
+
+def test_mel_features_are_frame_local():
+    """A frame's log-mel does not depend on the rest of the clip (training crops = whole clips)."""
+    encoder = build_audio_encoder(tiny_mel_encoder())
+    audio = speechlike(32000, seed=3)
+    whole = encoder.log_mel(audio)
+    crop = encoder.log_mel(audio[:, 8000:24000])  # hop 160: frame k of the crop is frame k + 50
+    torch.testing.assert_close(crop[..., 2:-2], whole[..., 52:149], atol=1e-5, rtol=1e-5)
+    silence = encoder.log_mel(torch.zeros(1, 1600))
+    assert torch.allclose(silence, torch.tensor(-1.5))
 
 
 def test_mel_spectrogram_peaks_at_the_tone():

@@ -3,18 +3,21 @@
 No pretrained weights: the encoder for small data sets and CPU training. For a clip of ``N``
 samples and ``T`` video frames:
 
-1. optional zero-mean / unit-variance normalisation of each waveform (gain invariance);
+1. optional (``normalize=True``) zero-mean / unit-variance normalisation of each waveform, for gain
+   invariance; off by default, so that a quiet pause stays quiet in a training crop;
 2. log-mel spectrogram: ``torch.stft`` (Hann window ``win_length``, hop ``hop_length`` = 10 ms by
    default) -> power -> a Slaney mel filterbank (``transformers.audio_utils.mel_filter_bank``) ->
-   ``log10``, floored 8 decades below the clip's maximum, scaled as ``(x + 4) / 4``;
+   ``log10`` of at least ``1e-10``, scaled as ``(x + 4) / 4`` (about -1.5 for digital silence, 1 to 2
+   for loud speech at full scale);
 3. two 1-D convolutions with GELU at the mel frame rate (100 Hz);
 4. linear resampling to ``T`` frames (``align_corners=True``, the same convention as wav2vec2);
 5. a depthwise convolutional positional embedding (relative, so windows are translation
    invariant), LayerNorm, and a pre-norm ``nn.TransformerEncoder`` run in windows for long clips
    (:mod:`audio2lmk.encoders.base`); a final LayerNorm. Output ``(B, T, hidden_size)``.
 
-Steps 1-4 are frame-local except the per-clip normalisation and floor; they run over the whole
-clip (about 1 kB of memory per 10 ms for the default sizes).
+Steps 2-4 are frame-local (a frame's features do not depend on the rest of the clip, so training
+crops and whole clips agree); they run over the whole clip (about 1 kB of memory per 10 ms for the
+default sizes).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class MelAudioEncoder(AudioEncoder):
         conv_kernel: int = 3,
         pos_conv_kernel: int = 15,
         dropout: float = 0.1,
-        normalize: bool = True,
+        normalize: bool = False,
         window_seconds: float = 30.0,
         context_seconds: float = 5.0,
     ) -> None:
@@ -131,9 +134,7 @@ class MelAudioEncoder(AudioEncoder):
             return_complex=True,
         )
         mel = self.mel_filters.float() @ spec.abs().square()
-        log_mel = torch.log10(mel.clamp_min(1e-10))
-        floor = log_mel.amax(dim=(1, 2), keepdim=True) - 8.0
-        return (torch.maximum(log_mel, floor) + 4.0) / 4.0
+        return (torch.log10(mel.clamp_min(1e-10)) + 4.0) / 4.0
 
     def forward(self, audio: torch.Tensor, num_frames: int) -> torch.Tensor:
         """``audio`` (B, N) float 16 kHz -> ``(B, num_frames, hidden_size)``."""

@@ -258,6 +258,8 @@ class Audio2PoseModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
             if seed is not None:
                 generator = torch.Generator().manual_seed(int(seed))
             batch, frames = memory.shape[0], memory.shape[1]
+            if frames < 1:
+                raise ValueError("nothing to generate: the audio covers no video frame")
             style_ids = self._style_ids(style, batch, generator)
             prev = torch.zeros(batch, 1, self.config.pose_dim, device=memory.device, dtype=memory.dtype)
             if initial_pose is not None:
