@@ -119,26 +119,11 @@ def _require(settings: GenerateSettings) -> None:
 
 
 def audio_duration(path: str | os.PathLike) -> float:
-    """Duration in seconds of an audio file's first audio stream, from its decoded samples."""
-    import av
+    """Duration in seconds of an audio file's first audio stream (decoded with :func:`common.audio.load_audio`;
+    silence is accepted: it is muxed, not analysed)."""
+    from common.audio import SAMPLE_RATE, load_audio
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such audio file; check the path")
-    fix = "convert it to a .wav (e.g. ffmpeg -i IN -ar 16000 OUT.wav)"
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise UserError(f"{path}: has no audio stream; give an audio file")
-            samples, rate = 0, None
-            for frame in container.decode(container.streams.audio[0]):
-                samples += frame.samples
-                rate = frame.sample_rate
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise UserError(f"{path}: not a readable audio file ({err}); {fix}") from None
-    if not samples or not rate:
-        raise UserError(f"{path}: the audio holds no samples; {fix}")
-    return samples / rate
+    return load_audio(path, silence_dbfs=None).size / SAMPLE_RATE
 
 
 def check_audio(audio: str, sequence: LandmarkSequence, landmarks: str) -> None:

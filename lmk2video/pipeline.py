@@ -598,8 +598,8 @@ def load_pretrained_strict(
         kwargs["torch_dtype"] = torch_dtype
     try:
         model, info = cls.from_pretrained(folder, **kwargs)
-    except UserError as err:
-        raise UserError(f"{folder}: {err}") from None
+    except UserError as err:  # our models' strict loader (common.weights.StrictLoadMixin) names the folder
+        raise UserError(_clean(str(err))) from None
     except Exception as err:  # missing files, unreadable JSON, bad config values, shape mismatches
         raise UserError(f"{folder}: cannot load {cls.__name__} ({_describe(err)}); {hint}") from None
     problems = []
@@ -626,10 +626,20 @@ def _load_component(root: Path, name: str, entry: Any, torch_dtype: torch.dtype 
         raise UserError(f"{folder}: cannot load {cls.__name__} ({_describe(err)}); {REBUILD_HINT}") from None
 
 
+def _clean(message: str) -> str:
+    """One line, without diffusers' advice to load mismatched weights anyway."""
+    text = " ".join(message.split())
+    advice = " If you want to instead overwrite"
+    if advice in text:
+        head, tail = text.split(advice, 1)
+        rest = tail.split("; ", 1)  # keep what a wrapping message appended after the diffusers text
+        text = head + ("; " + rest[1] if len(rest) == 2 else "")
+    return text
+
+
 def _describe(err: Exception) -> str:
-    """One line for a loader's exception, without diffusers' advice to load mismatched weights anyway."""
-    message = " ".join(str(err).split()).split(" If you want to instead overwrite")[0]
-    return f"{type(err).__name__}: {message}"
+    """One line for a loader's exception: its type and cleaned message."""
+    return f"{type(err).__name__}: {_clean(str(err))}"
 
 
 def quiet_libraries() -> None:

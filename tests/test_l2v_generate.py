@@ -71,6 +71,7 @@ def work(tmp_path_factory, face_model) -> Path:
     scipy.io.wavfile.write(folder / "clip.wav", rate, samples[: round(rate * FRAMES / FPS)])
     scipy.io.wavfile.write(folder / "long.wav", rate, samples[:rate])  # 1 s: 30 frames, not 12
     (folder / "garbage.wav").write_bytes(b"RIFF but not really a wave file" * 10)
+    (folder / "empty.wav").write_bytes(b"")
     (folder / "garbage.npz").write_bytes(b"PK not a zip")
     np.savez(folder / "malformed.npz", version=1, mesh=np.zeros((FRAMES, 10, 3), np.float32),
              pose=np.zeros((FRAMES, 6), np.float32), fps=FPS, image_size=np.array([256, 256]))  # fmt: skip
@@ -180,8 +181,9 @@ def _mismatched_model(work: Path) -> str:
         ({"landmarks": "malformed.npz"}, "malformed.npz: key 'mesh'"),
         ({"landmarks": "missing.npz"}, "missing.npz: no such landmark file"),
         ({"audio": "long.wav"}, "long.wav lasts 1.000 s"),
-        ({"audio": "garbage.wav"}, "garbage.wav: not a readable audio"),
+        ({"audio": "garbage.wav"}, "cannot read audio from .*garbage.wav"),
         ({"audio": "missing.wav"}, "missing.wav: no such audio"),
+        ({"audio": "empty.wav"}, "empty.wav is empty"),
         ({"model": "no_model"}, "no_model does not exist"),
         ({"model": "portrait.jpg"}, "portrait.jpg does not exist"),
         ({"model": "mismatched"}, "pose_guider"),
