@@ -29,6 +29,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from common.atomic import atomic_folder
 from common.config import CONF_DIR, seed_everything
 from common.errors import UserError, exit_on_user_error
 
@@ -181,13 +182,12 @@ def build_pipeline(model: Mapping[str, Any] | DictConfig, work_dir: str | os.Pat
 def write_model_folder(pipe: Any, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """``pipe.save_pretrained`` into a temporary folder beside ``out``, renamed to ``out`` at the end."""
     from common.atomic import ensure_writable_dir
-    from lmk2video.convert import _atomic_folder
 
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; choose a new output folder or pass overwrite=true")
     ensure_writable_dir(out)
-    with _atomic_folder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite) as tmp:
         pipe.save_pretrained(tmp)
     return out
 
