@@ -30,6 +30,9 @@ bench: $(STAMP)
 	$(PY) bench/bench_draw.py
 	$(PY) bench/geometry_accuracy.py
 	$(PY) bench/bench_extract.py
+	$(PY) bench/bench_audio2mesh.py
+	$(PY) bench/bench_audio2pose.py
+	$(PY) bench/bench_generate.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

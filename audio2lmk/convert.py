@@ -59,8 +59,8 @@ import torch
 
 from audio2lmk.models.audio2mesh import Audio2MeshModel
 from audio2lmk.models.audio2pose import Audio2PoseModel, sinusoidal_positions
-from audio2lmk.models.loading import load_state_dict_strict
 from common.errors import UserError
+from common.weights import strict_load
 
 ENCODER_PREFIX = "audio_encoder."
 _POS_CONV = "encoder.pos_conv_embed.conv."
@@ -340,7 +340,7 @@ def convert_aniportrait_audio2mesh(
         num_vertices=out_dim // 3,
         fps=fps,
     )
-    load_state_dict_strict(model, _gather(model, state, _mesh_source_name, source), source)
+    strict_load(model, _gather(model, state, _mesh_source_name, source), source)
     return model.eval()
 
 
@@ -387,5 +387,5 @@ def convert_aniportrait_audio2pose(
         fps=fps,
     )
     converted = _gather(model, state, _pose_source_name, source, ignored=frozenset({"PPE.pe"}), hidden=hidden)
-    load_state_dict_strict(model, converted, source)
+    strict_load(model, converted, source)
     return model.eval()

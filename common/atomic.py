@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,3 +46,30 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` that becomes ``path`` on success and vanishes on error.
+
+    An existing ``path`` is an error unless ``overwrite``; then it is replaced only once the new
+    folder is complete.
+    """
+    dst = Path(path).expanduser()
+    parent = ensure_writable_dir(dst)
+    if dst.exists() and not overwrite:
+        raise UserError(f"{dst} already exists; choose another output folder or allow overwriting")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=parent))
+    try:
+        yield tmp
+        if dst.exists():
+            if not overwrite:
+                raise UserError(f"{dst} appeared while it was being written; nothing was written")
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=parent))
+            os.replace(dst, old / dst.name)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -171,9 +171,15 @@ class StrictLoadMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, output_loading_info=True, **kwargs
-        )
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, output_loading_info=True, **kwargs
+            )
+        except (OSError, ValueError) as err:  # no folder, no config.json, unreadable weights
+            raise UserError(
+                f"cannot load {cls.__name__} from {pretrained_model_name_or_path}: {err}; pass a folder "
+                f"written by {cls.__name__}.save_pretrained"
+            ) from None
         problems = []
         for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
             keys = [k if isinstance(k, str) else str(k[0]) for k in info.get(kind, [])]

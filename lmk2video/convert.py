@@ -35,19 +35,16 @@ our models filled, no source key silently dropped) and the diffusers folders it 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.atomic import ensure_writable_dir
+from common.atomic import atomic_folder, ensure_writable_dir
 from common.errors import UserError, exit_on_user_error
 from common.weights import assert_materialised, check_state_dict, load_checkpoint
 from lmk2video.models.denoising_unet import MOTION_KEY, DenoisingUNet, config_from_diffusers_unet
@@ -285,31 +282,12 @@ def convert_aniportrait(
         lambda k: _unused_reason("pose_guider", k),
     )
 
-    with _atomic_folder(dst, overwrite) as tmp:
+    with atomic_folder(dst, overwrite) as tmp:
         denoising.save_pretrained(tmp / "denoising_unet")
         reference.save_pretrained(tmp / "reference_unet")
         pose_guider.save_pretrained(tmp / "pose_guider")
         (tmp / REPORT_NAME).write_text("\n".join(report) + "\n")
     return dst / REPORT_NAME
-
-
-@contextlib.contextmanager
-def _atomic_folder(dst: Path, overwrite: bool):
-    """Yield a temporary folder beside ``dst`` that replaces ``dst`` on success and vanishes on error."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        yield tmp
-        if dst.exists():
-            if not overwrite:
-                raise UserError(f"{dst} appeared during the conversion; nothing was written")
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
-            os.replace(dst, old / dst.name)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- CLI

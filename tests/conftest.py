@@ -13,6 +13,15 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config) -> None:
+    """One torch thread: tiny models gain nothing from more, and a busy 2-core machine makes them crawl."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 SHARED_DIR = PROJECT_ROOT.parent / "shared"
 SHARED_DATA = SHARED_DIR / "data"
 

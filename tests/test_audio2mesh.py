@@ -94,7 +94,7 @@ def test_strict_loading_lists_the_keys(tmp_path):
     state["head.7.weight"] = torch.zeros(1)
     del state["head.0.bias"]
     save_file(state, weights)
-    with pytest.raises(UserError, match=r"missing 1 keys: head\.0\.bias; unexpected 1 keys: head\.7\.weight"):
+    with pytest.raises(UserError, match=r"1 missing keys: head\.0\.bias; 1 unexpected keys: head\.7\.weight"):
         Audio2MeshModel.from_pretrained(tmp_path / "a2m")
     state = load_file(weights)
     state["head.0.bias"], state["head.0.weight"] = torch.zeros(8), torch.zeros(8, 3)

@@ -211,7 +211,9 @@ def test_strict_both_ways_with_aniportrait_names(pose_reference, mesh_reference)
 
     state = mesh_reference.state_dict()
     state["out_fn.weight"] = torch.zeros(1404, 9)
-    with pytest.raises(UserError, match=r"shape mismatches: head\.1\.weight \(1404, 9\) vs \(1404, 8\)"):
+    with pytest.raises(
+        UserError, match=r"shape mismatches: head\.1\.weight \(checkpoint \(1404, 9\), model \(1404, 8\)\)"
+    ):
         convert_aniportrait_audio2mesh(state, wav2vec2_config=heads)
 
 

@@ -23,12 +23,12 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from audio2lmk.encoders import DEFAULT_WAV2VEC2, build_audio_encoder
-from audio2lmk.models.loading import StrictLoadingMixin
 from common.audio import num_frames_for
 from common.geometry import NUM_VERTICES
+from common.weights import StrictLoadMixin
 
 
-class Audio2MeshModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
+class Audio2MeshModel(StrictLoadMixin, ModelMixin, ConfigMixin):
     """Audio encoder + MLP head predicting per-vertex mesh offsets.
 
     Args:

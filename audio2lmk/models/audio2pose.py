@@ -37,7 +37,6 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from audio2lmk.encoders import DEFAULT_WAV2VEC2, build_audio_encoder
-from audio2lmk.models.loading import StrictLoadingMixin
 from audio2lmk.models.pose_decoder import (
     KVCache,
     PoseDecoderLayer,
@@ -46,6 +45,7 @@ from audio2lmk.models.pose_decoder import (
     causal_alibi_bias,
 )
 from common.audio import num_frames_for
+from common.weights import StrictLoadMixin
 
 POSITIONAL_ENCODINGS = ("none", "sinusoidal")
 
@@ -72,7 +72,7 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return table
 
 
-class Audio2PoseModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
+class Audio2PoseModel(StrictLoadMixin, ModelMixin, ConfigMixin):
     """Audio encoder + autoregressive pose decoder.
 
     Args:

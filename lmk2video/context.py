@@ -1,0 +1,93 @@
+"""Context windows: how a video of any length is denoised by a motion model trained on short clips.
+
+At every denoising step the video's frames are covered by windows of ``context_frames`` frames;
+the denoising UNet runs on each window and each frame's prediction is the weighted average of
+the predictions of the windows that contain it (AnimateDiff's "uniform" context schedule, as
+AniPortrait uses it, with two differences of ours):
+
+* no wrap-around: AnimateDiff's schedule closes the loop, so its last windows continue with the
+  video's first frames (the start and the end of a talking-head video are then denoised as if
+  they were neighbours). Here windows start every ``context_frames - context_overlap`` frames and
+  the last window is moved back to end on the last frame, so every window is a run of real
+  neighbours of full length and consecutive windows overlap by at least ``context_overlap``;
+* the same windows at every step (AniPortrait too passes step 0 to the schedule every step).
+
+``context_stride`` > 1 adds dilated windows, as AnimateDiff's: level ``k`` (``k = 0 ..
+context_stride - 1``) takes every ``2**k``-th frame, ``context_frames`` of them per window, for
+each of the ``2**k`` phases, so long-range windows see a longer stretch of the video. Levels
+whose dilated window would be longer than the video are left out.
+
+A video no longer than ``context_frames`` is one window: windowed generation then equals
+single-window generation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.errors import UserError
+
+WEIGHTINGS = ("uniform", "pyramid")
+
+
+def check_context(context_frames: int, context_overlap: int, context_stride: int) -> None:
+    """Raise :class:`UserError` for window settings that cannot tile a video."""
+    if int(context_frames) < 1:
+        raise UserError(f"context_frames={context_frames} must be at least 1 (16 is usual)")
+    if not 0 <= int(context_overlap) < int(context_frames):
+        raise UserError(
+            f"context_overlap={context_overlap} must be at least 0 and less than context_frames={context_frames}"
+        )
+    if int(context_stride) < 1:
+        raise UserError(f"context_stride={context_stride} must be at least 1 (1 = no dilated windows)")
+
+
+def _tile(frames: list[int], size: int, overlap: int) -> list[list[int]]:
+    """Windows of ``size`` consecutive entries of ``frames``, every ``size - overlap``, the last end-aligned."""
+    if len(frames) <= size:
+        return [frames]
+    step = size - overlap
+    starts = list(range(0, len(frames) - size + 1, step))
+    if starts[-1] != len(frames) - size:
+        starts.append(len(frames) - size)
+    return [frames[s : s + size] for s in starts]
+
+
+def context_windows(
+    num_frames: int, context_frames: int = 16, context_overlap: int = 4, context_stride: int = 1
+) -> list[list[int]]:
+    """Frame indices of every window (see the module docstring). Every frame is in at least one window.
+
+    Args:
+        num_frames: frames of the video.
+        context_frames: frames per window (at most the motion modules' ``max_position``).
+        context_overlap: frames shared by consecutive windows (at least; the last window may share more).
+        context_stride: number of dilation levels (1: contiguous windows only).
+    """
+    check_context(context_frames, context_overlap, context_stride)
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    if num_frames <= context_frames:
+        return [list(range(num_frames))]
+    windows: list[list[int]] = []
+    for level in range(int(context_stride)):
+        dilation = 2**level
+        if (context_frames - 1) * dilation + 1 > num_frames:
+            break
+        for phase in range(dilation):
+            windows += _tile(list(range(phase, num_frames, dilation)), context_frames, context_overlap)
+    return windows
+
+
+def window_weights(length: int, weighting: str = "uniform") -> np.ndarray:
+    """Per-frame weights (length,) of one window's prediction in the average.
+
+    ``uniform``: all 1 (AniPortrait). ``pyramid``: ``min(i + 1, length - i)``, so frames near a
+    window's edge, which see less temporal context, count less and seams between windows fade.
+    """
+    if weighting not in WEIGHTINGS:
+        raise UserError(f"context_weighting={weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if weighting == "uniform":
+        return np.ones(length, dtype=np.float64)
+    i = np.arange(length, dtype=np.float64)
+    return np.minimum(i + 1, length - i)

@@ -1,0 +1,331 @@
+"""``python -m lmk2video.generate model=DIR reference=IMAGE landmarks=FILE.npz out=OUT.mp4 [audio=FILE] ...``
+
+Renders a landmark sequence as a video of the reference image's person. Options: ``conf/lmk2video/generate.yaml``.
+
+1. Inputs are checked before any model work, each failure one :class:`UserError` (exit 2, nothing written):
+   the landmark file (readable, well-formed), the audio (readable, and its duration within one frame of the
+   landmarks': ``|duration * fps - frames| <= 1``), the reference image (readable, a face in it), the model
+   folder (complete, strictly loadable), the sizes and the window settings.
+2. The reference is framed to width x height around its face, and the landmarks projected into the same
+   frame (:mod:`lmk2video.framing`: a file without a reference face is first retargeted onto the reference).
+3. :meth:`LandmarkVideoPipeline.stream` generates it (progress bar over the denoising steps); decoded chunks go
+   straight to the video writer (H.264, audio muxed, written atomically), one output frame per landmark frame
+   at the landmark file's fps. ``grid=true`` writes reference | landmarks | result side by side.
+
+Audio-driven landmarks (``audio=`` without ``landmarks=``) go through :func:`generate`'s ``audio_to_landmarks``
+argument, a function ``(settings, reference sequence) -> LandmarkSequence``; the landmarks it makes are written
+beside the output (``OUT.npz``) so they can be edited and rendered again. The command line has none yet
+(audio2lmk is wired in separately) and asks for ``landmarks=``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from common.config import CONF_DIR
+from common.errors import UserError, exit_on_user_error
+from common.lmkfile import LandmarkSequence
+
+log = logging.getLogger("lmk2video.generate")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+POSE_CACHE_GPU_BYTES = 4 * 2**30
+
+
+@dataclasses.dataclass
+class GenerateSettings:
+    """The options of ``python -m lmk2video.generate`` (see ``conf/lmk2video/generate.yaml``); paths absolute."""
+
+    model: str | None = None
+    reference: str | None = None
+    out: str | None = None
+    landmarks: str | None = None
+    audio: str | None = None
+    audio2lmk_model: str | None = None
+    steps: int = 25
+    cfg: float = 3.5
+    seed: int | None = 42
+    width: int | None = None
+    height: int | None = None
+    grid: bool = False
+    context_frames: int = 16
+    context_overlap: int = 4
+    context_stride: int = 1
+    context_weighting: str = "uniform"
+    dtype: str = "auto"
+    device: str = "auto"
+    decode_chunk: int = 4
+    pose_cache: str = "auto"
+    pad_mode: str = "replicate"
+    face_model: str | None = None
+    progress: bool = True
+
+    PATH_KEYS = ("model", "reference", "out", "landmarks", "audio", "audio2lmk_model", "face_model")
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | dict, work_dir: str | os.PathLike) -> GenerateSettings:
+        """Settings from a composed config; relative paths are taken from ``work_dir``."""
+        values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        names = {f.name for f in dataclasses.fields(cls)}
+        settings = cls(**{k: v for k, v in values.items() if k in names})
+        for key in cls.PATH_KEYS:
+            value = getattr(settings, key)
+            if value is not None:
+                setattr(settings, key, str(Path(work_dir) / Path(str(value)).expanduser()))
+        return settings
+
+
+AudioToLandmarks = Callable[[GenerateSettings, LandmarkSequence], LandmarkSequence]
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def _require(settings: GenerateSettings) -> None:
+    example = "python -m lmk2video.generate model=DIR reference=IMAGE landmarks=FILE.npz out=OUT.mp4"
+    for key in ("model", "reference", "out"):
+        if getattr(settings, key) is None:
+            raise UserError(f"{key}=... is required, e.g. {example}")
+    numbers = {
+        "steps": (settings.steps, 1),
+        "decode_chunk": (settings.decode_chunk, 1),
+    }
+    for key, (value, low) in numbers.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise UserError(f"{key}={value!r} must be a whole number >= {low}")
+    if not isinstance(settings.cfg, int | float) or isinstance(settings.cfg, bool) or settings.cfg < 0:
+        raise UserError(f"cfg={settings.cfg!r} must be a number >= 0 (3.5 is usual; <= 1 turns guidance off)")
+    if settings.seed is not None and (not isinstance(settings.seed, int) or isinstance(settings.seed, bool)):
+        raise UserError(f"seed={settings.seed!r} must be a whole number")
+    if settings.pose_cache not in ("auto", "device", "cpu"):
+        raise UserError(f"pose_cache={settings.pose_cache!r}; choose auto, device or cpu")
+    for key in ("width", "height"):
+        value = getattr(settings, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise UserError(f"{key}={value!r} must be a positive whole number of pixels")
+    from lmk2video.context import check_context, window_weights
+
+    check_context(settings.context_frames, settings.context_overlap, settings.context_stride)
+    window_weights(1, settings.context_weighting)
+
+
+def audio_duration(path: str | os.PathLike) -> float:
+    """Duration in seconds of an audio file's first audio stream (decoded with :func:`common.audio.load_audio`;
+    silence is accepted: it is muxed, not analysed)."""
+    from common.audio import SAMPLE_RATE, load_audio
+
+    return load_audio(path, silence_dbfs=None).size / SAMPLE_RATE
+
+
+def check_audio(audio: str, sequence: LandmarkSequence, landmarks: str) -> None:
+    """The audio must last as long as the landmarks, within one frame."""
+    duration = audio_duration(audio)
+    frames = duration * sequence.fps
+    if abs(frames - sequence.num_frames) > 1:
+        raise UserError(
+            f"{audio} lasts {duration:.3f} s ({frames:.1f} frames at {sequence.fps:g} fps) but {landmarks} has "
+            f"{sequence.num_frames} frames ({sequence.duration:.3f} s): trim the landmarks "
+            f"(python -m common.lmk edit {landmarks} -o OUT.npz --trim 0:{duration:.3f}), resample them "
+            "(--fps), or cut the audio to match"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is available; use device=cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPES:
+        raise UserError(f"dtype={name!r}; choose auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def landmarks_from_audio_unavailable(
+    settings: GenerateSettings, reference: LandmarkSequence
+) -> LandmarkSequence:
+    """The command line's ``audio=`` without ``landmarks=`` (audio2lmk is not wired in yet)."""
+    raise UserError(
+        f"landmarks=FILE.npz is required: audio-driven generation (audio={settings.audio} without landmarks=) is "
+        "not available in this version; make the landmarks first (e.g. python -m common.lmk extract VIDEO -o "
+        "FILE.npz) and pass landmarks=FILE.npz"
+    )
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+def generate(settings: GenerateSettings, audio_to_landmarks: AudioToLandmarks | None = None) -> Path:
+    """Render ``settings.out`` (see the module docstring); returns its path."""
+    from common.detect import extract_image, read_image
+    from common.video import VideoWriter
+    from lmk2video.framing import LandmarkDrawings, frame_landmarks, frame_reference, prepare_sequence
+    from lmk2video.pipeline import load_pipeline
+
+    _require(settings)
+    out = Path(settings.out)
+    VideoWriter(
+        out, fps=1.0, audio=settings.audio
+    )  # checks the output name and the audio path; writes nothing
+    _check_writable(out)
+    sequence: LandmarkSequence | None = None
+    if settings.landmarks is not None:
+        sequence = LandmarkSequence.load(settings.landmarks)
+        if settings.audio is not None:
+            check_audio(settings.audio, sequence, settings.landmarks)
+    elif settings.audio is None:
+        raise UserError("landmarks=FILE.npz is required (the landmark sequence to render)")
+    else:
+        audio_duration(settings.audio)
+
+    image = read_image(settings.reference)
+    reference = extract_image(settings.reference, model_path=settings.face_model, image=image)
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    pipe = load_pipeline(settings.model, device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=not settings.progress, desc="denoising", unit="step")
+    width = settings.width or pipe.config.width
+    height = settings.height or pipe.config.height
+    factor = pipe.vae_scale_factor
+    if width % factor or height % factor:
+        raise UserError(f"width={width} height={height}: both must be multiples of {factor}")
+    limit = pipe.max_context_frames
+    if limit is not None and settings.context_frames > limit:
+        raise UserError(
+            f"context_frames={settings.context_frames} exceeds the motion modules' max_position={limit} "
+            f"({settings.model}); set context_frames={limit} or less"
+        )
+
+    if sequence is None:
+        make = audio_to_landmarks or landmarks_from_audio_unavailable
+        sequence = make(settings, reference).validate("audio2lmk output")
+        check_audio(settings.audio, sequence, "the generated landmarks")
+        written = sequence.save(out.with_suffix(".npz"))
+        log.info(
+            "wrote the landmarks made from %s to %s (edit them and pass landmarks=)", settings.audio, written
+        )
+        source = str(written)
+    else:
+        source = settings.landmarks
+
+    framed, framing = frame_reference(
+        image, reference.landmarks2d[0], (height, width), pad_mode=settings.pad_mode
+    )
+    log.info(
+        "reference %s (%dx%d): crop window x=%d y=%d %dx%d -> %dx%d",
+        settings.reference,
+        image.shape[1],
+        image.shape[0],
+        *framing.window,
+        width,
+        height,
+    )
+    sequence = prepare_sequence(sequence, reference, source)
+    points, reference_points = frame_landmarks(sequence, reference, framing)
+    style = pipe.config.landmark_style
+    drawings = LandmarkDrawings(points, (height, width), style)
+    reference_drawing = LandmarkDrawings(reference_points[None], (height, width), style)[0:1][0]
+
+    pose_cache = _pose_cache_device(settings.pose_cache, device, sequence.num_frames, (height, width), pipe)
+    seed = settings.seed if settings.seed is not None else torch.seed()
+    if settings.seed is None:
+        log.info("seed=%d (pass seed=%d to repeat this video)", seed, seed)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    done = 0
+    with VideoWriter(out, fps=sequence.fps, audio=settings.audio) as writer:
+        chunks = pipe.stream(
+            framed,
+            drawings,
+            reference_drawing,
+            num_inference_steps=settings.steps,
+            guidance_scale=float(settings.cfg),
+            generator=generator,
+            context_frames=settings.context_frames,
+            context_overlap=settings.context_overlap,
+            context_stride=settings.context_stride,
+            context_weighting=settings.context_weighting,
+            decode_chunk=settings.decode_chunk,
+            pose_cache_device=pose_cache,
+        )
+        for frames in chunks:
+            if settings.grid:
+                n = len(frames)
+                lmk = drawings.rgb(drawings[done : done + n])
+                frames = np.concatenate([np.broadcast_to(framed, frames.shape), lmk, frames], axis=2)
+            writer.write(frames)
+            done += len(frames)
+    if done != sequence.num_frames:  # pragma: no cover - the pipeline yields one frame per drawing
+        raise RuntimeError(f"generated {done} frames for {sequence.num_frames} landmark frames")
+    log.info(
+        "wrote %s: %d frames at %g fps, %dx%d",
+        out,
+        done,
+        sequence.fps,
+        width * (3 if settings.grid else 1),
+        height,
+    )
+    return out
+
+
+def _check_writable(out: Path) -> None:
+    """The output's folder (or its nearest existing ancestor, where the folder would be created) is writable."""
+    folder = out.expanduser().resolve().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write {out}: {folder} is not a writable folder; choose another output path")
+
+
+def _pose_cache_device(
+    mode: str, device: torch.device, num_frames: int, size: tuple[int, int], pipe
+) -> torch.device:
+    if mode == "device" or device.type == "cpu":
+        return device
+    if mode == "cpu":
+        return torch.device("cpu")
+    # auto: bytes of all residuals per frame at the output size, from the UNet's channels and resolutions.
+    h, w = (v // pipe.vae_scale_factor for v in size)
+    channels = pipe.denoising_unet.config.block_out_channels
+    values = channels[0] * h * w
+    for i, c in enumerate(channels):
+        scale = 2 ** min(i + 1, len(channels) - 1)
+        values += c * (h // scale) * (w // scale)
+    size = values * num_frames * torch.finfo(pipe.pose_guider.dtype).bits // 8
+    if size > POSE_CACHE_GPU_BYTES:
+        log.info("pose features of %d frames take %.1f GiB: kept on the CPU", num_frames, size / 2**30)
+        return torch.device("cpu")
+    return device
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR / "lmk2video"), config_name="generate")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from lmk2video.pipeline import quiet_libraries
+
+    quiet_libraries()
+    generate(GenerateSettings.from_config(cfg, cfg.paths.work_dir))
+
+
+if __name__ == "__main__":
+    main()
