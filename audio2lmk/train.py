@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +33,11 @@ def _resolve_path(value: str | None, cfg: DictConfig) -> Path | None:
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], Path | None]:
     """Run one training job from a composed config; returns the final metrics and the export folder."""
+    threads = cfg.get("num_threads")
+    if threads is not None:
+        if int(threads) < 1:
+            raise UserError(f"num_threads={threads}: give a whole number >= 1, or null for torch's default")
+        torch.set_num_threads(int(threads))
     seed_everything(cfg.get("seed"))
     export_dir = _resolve_path(cfg.get("export_dir"), cfg)
     if export_dir is not None:
