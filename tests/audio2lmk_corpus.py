@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -121,8 +122,27 @@ def _hydra_value(value) -> str:
     return str(value)
 
 
-def tiny_model_overrides(experiment: str | None) -> list[str]:
-    """Overrides shrinking an experiment's models: tiny encoders (no download), tiny pose decoder."""
+def save_tiny_wav2vec2(folder: Path) -> Path:
+    """A randomly initialised tiny ``Wav2Vec2Model`` and its feature extractor saved in ``folder``.
+
+    Experiments on pretrained wav2vec2 load it through their real ``pretrained`` path instead of
+    downloading ``facebook/wav2vec2-base-960h``.
+    """
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    if not (folder / "config.json").is_file():
+        torch.manual_seed(0)
+        Wav2Vec2Model(Wav2Vec2Config(**TINY_WAV2VEC2["config"])).save_pretrained(folder)
+        Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(folder)
+    return folder
+
+
+def tiny_model_overrides(experiment: str | None, wav2vec2_dir: Path | None = None) -> list[str]:
+    """Overrides shrinking an experiment's models: tiny encoders (no download), tiny pose decoder.
+
+    wav2vec2 encoders load ``wav2vec2_dir`` (:func:`save_tiny_wav2vec2`) when given, else are built
+    from the tiny config with random weights.
+    """
     text = (
         (EXPERIMENTS_DIR / "audio2lmk" / "experiment" / f"{experiment}.yaml").read_text()
         if experiment
@@ -132,7 +152,9 @@ def tiny_model_overrides(experiment: str | None) -> list[str]:
     out = []
     for head in ("mesh_model", "pose_model"):
         prefix = f"model.{head}.encoder"
-        if wav2vec2:
+        if wav2vec2 and wav2vec2_dir is not None:
+            out += [f"{prefix}.pretrained={wav2vec2_dir}"]
+        elif wav2vec2:
             out += [f"~{prefix}.pretrained", f"+{prefix}.config={_hydra_value(TINY_WAV2VEC2['config'])}"]
         else:
             out += [f"{prefix}.{k}={_hydra_value(v)}" for k, v in TINY_MEL.items() if k != "type"]

@@ -24,6 +24,7 @@ from tests.audio2lmk_corpus import (
     EXPERIMENTS,
     TINY_MEL,
     composed,
+    save_tiny_wav2vec2,
     tiny_corpus_index,
     tiny_model_overrides,
     tiny_overrides,
@@ -37,8 +38,13 @@ def tiny_index(tmp_path_factory, face_model):
     return tiny_corpus_index(tmp_path_factory, face_model)
 
 
-def run_train(experiment, index, run_dir, *extra):
-    overrides = tiny_overrides(index, run_dir) + tiny_model_overrides(experiment) + list(extra)
+@pytest.fixture(scope="module")
+def tiny_wav2vec2(tmp_path_factory):
+    return save_tiny_wav2vec2(tmp_path_factory.mktemp("tiny_wav2vec2"))
+
+
+def run_train(experiment, index, run_dir, *extra, wav2vec2_dir=None):
+    overrides = tiny_overrides(index, run_dir) + tiny_model_overrides(experiment, wav2vec2_dir) + list(extra)
     with composed(experiment, overrides, run_dir) as cfg:
         return train(cfg)
 
@@ -111,8 +117,11 @@ def test_overfit_one_clip_cuts_the_loss_tenfold(tiny_index):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_runs_fast_dev_run(experiment, tiny_index, tmp_path):
-    metrics, export = run_train(experiment, tiny_index, tmp_path, "trainer.fast_dev_run=true")
+def test_experiment_runs_fast_dev_run(experiment, tiny_index, tiny_wav2vec2, tmp_path):
+    """Every experiment config trains (tiny sizes); wav2vec2 ones load a tiny saved checkpoint."""
+    metrics, export = run_train(
+        experiment, tiny_index, tmp_path, "trainer.fast_dev_run=true", wav2vec2_dir=tiny_wav2vec2
+    )
     assert export is None
     assert np.isfinite(metrics["train/loss"])
     for name in ("val/loss", "val/lve_mm", "val/mve_mm", "val/mouth_corr", "val/pose_l1"):
