@@ -12,10 +12,11 @@ Renders a landmark sequence as a video of the reference image's person. Options:
    straight to the video writer (H.264, audio muxed, written atomically), one output frame per landmark frame
    at the landmark file's fps. ``grid=true`` writes reference | landmarks | result side by side.
 
-Audio-driven landmarks (``audio=`` without ``landmarks=``) go through :func:`generate`'s ``audio_to_landmarks``
-argument, a function ``(settings, reference sequence) -> LandmarkSequence``; the landmarks it makes are written
-beside the output (``OUT.npz``) so they can be edited and rendered again. The command line has none yet
-(audio2lmk is wired in separately) and asks for ``landmarks=``.
+Audio-driven landmarks: ``audio=`` without ``landmarks=`` runs audio2lmk first with the model folder
+``audio2lmk_model=DIR`` (:func:`audio2lmk.inference.audio_to_landmarks` on the reference image's face, head
+pose ``audio2lmk_pose`` = model | still | FILE, pose style ``audio2lmk_style``, drawn from ``seed`` when null)
+and writes the landmarks beside the output (``OUT.npz``) so they can be edited and rendered again with
+``landmarks=OUT.npz``. In Python, :func:`generate`'s ``audio_to_landmarks`` argument replaces that step.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class GenerateSettings:
     landmarks: str | None = None
     audio: str | None = None
     audio2lmk_model: str | None = None
+    audio2lmk_pose: str = "model"
+    audio2lmk_style: int | str | None = None
     steps: int = 25
     cfg: float = 3.5
     seed: int | None = 42
@@ -81,6 +84,8 @@ class GenerateSettings:
             value = getattr(settings, key)
             if value is not None:
                 setattr(settings, key, str(Path(work_dir) / Path(str(value)).expanduser()))
+        if settings.audio2lmk_pose not in ("model", "still"):  # a pose file
+            settings.audio2lmk_pose = str(Path(work_dir) / Path(str(settings.audio2lmk_pose)).expanduser())
         return settings
 
 
@@ -161,15 +166,30 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def landmarks_from_audio_unavailable(
-    settings: GenerateSettings, reference: LandmarkSequence
-) -> LandmarkSequence:
-    """The command line's ``audio=`` without ``landmarks=`` (audio2lmk is not wired in yet)."""
-    raise UserError(
-        f"landmarks=FILE.npz is required: audio-driven generation (audio={settings.audio} without landmarks=) is "
-        "not available in this version; make the landmarks first (e.g. python -m common.lmk extract VIDEO -o "
-        "FILE.npz) and pass landmarks=FILE.npz"
-    )
+def audio2lmk_landmarks(settings: GenerateSettings) -> AudioToLandmarks:
+    """The audio2lmk step of ``audio=`` without ``landmarks=``: loads ``audio2lmk_model`` now (a bad folder
+    fails before any diffusion work) and returns the function that runs it on the reference face."""
+    if settings.audio2lmk_model is None:
+        raise UserError(
+            f"audio={settings.audio} without landmarks= runs audio2lmk first and needs audio2lmk_model=DIR (a "
+            "folder written by python -m audio2lmk.train ... export_dir=DIR); or pass landmarks=FILE.npz"
+        )
+    from audio2lmk.inference import audio_to_landmarks, load_audio2lmk
+
+    model = load_audio2lmk(settings.audio2lmk_model)
+
+    def run(options: GenerateSettings, reference: LandmarkSequence) -> LandmarkSequence:
+        log.info("audio2lmk: %s -> landmarks with %s", options.audio, options.audio2lmk_model)
+        return audio_to_landmarks(
+            model,
+            options.audio,
+            reference,
+            pose=options.audio2lmk_pose,
+            style=options.audio2lmk_style,
+            seed=options.seed,
+        )
+
+    return run
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -197,6 +217,8 @@ def generate(settings: GenerateSettings, audio_to_landmarks: AudioToLandmarks | 
         raise UserError("landmarks=FILE.npz is required (the landmark sequence to render)")
     else:
         audio_duration(settings.audio)
+        if audio_to_landmarks is None:
+            audio_to_landmarks = audio2lmk_landmarks(settings)
 
     image = read_image(settings.reference)
     reference = extract_image(settings.reference, model_path=settings.face_model, image=image)
@@ -218,8 +240,7 @@ def generate(settings: GenerateSettings, audio_to_landmarks: AudioToLandmarks | 
         )
 
     if sequence is None:
-        make = audio_to_landmarks or landmarks_from_audio_unavailable
-        sequence = make(settings, reference).validate("audio2lmk output")
+        sequence = audio_to_landmarks(settings, reference).validate("audio2lmk output")
         check_audio(settings.audio, sequence, "the generated landmarks")
         written = sequence.save(out.with_suffix(".npz"))
         log.info(

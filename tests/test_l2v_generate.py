@@ -159,9 +159,52 @@ def test_audio_driven_landmarks_are_written_beside_the_video(work, face_model) -
     assert calls == [(str(work / "clip.wav"), 1)]
     assert LandmarkSequence.load(out.with_suffix(".npz")).num_frames == FRAMES
     assert probe(out)["frames"] == FRAMES
-    with pytest.raises(UserError, match=r"landmarks=FILE\.npz is required"):
+    with pytest.raises(UserError, match=r"needs audio2lmk_model=DIR"):
         generate(settings(work, face_model, landmarks=None, out="audio2/video.mp4"))
     assert not (work / "audio2").exists()
+
+
+def test_cli_runs_audio2lmk_first_with_an_audio2lmk_model(work, face_model) -> None:
+    """audio= without landmarks=: a real (tiny, random) audio2lmk model folder makes the landmarks."""
+    from audio2lmk.inference import export_audio2lmk, load_audio2lmk
+    from tests.test_audio2lmk_infer import FPS as A2L_FPS
+    from tests.test_audio2lmk_infer import tiny_models
+
+    mesh, pose = tiny_models()
+    export_audio2lmk(work / "a2l", mesh_model=mesh, pose_model=pose, fps=A2L_FPS, styles=["A", "B"])
+    result = run_module(
+        "lmk2video.generate",
+        "model=model",
+        "audio2lmk_model=a2l",
+        "reference=portrait.jpg",
+        "audio=clip.wav",
+        "out=a2l_out/video.mp4",
+        "steps=1",
+        "context_frames=8",
+        "audio2lmk_style=B",
+        cwd=work,
+        face_model=face_model,
+    )
+    assert result.returncode == 0, result.stderr
+    landmarks = LandmarkSequence.load(work / "a2l_out" / "video.npz")
+    assert landmarks.num_frames == FRAMES and landmarks.reference_mesh is not None
+    assert probe(work / "a2l_out" / "video.mp4")["frames"] == FRAMES
+    # the same as audio2lmk.infer with the same inputs and seed (generate's default seed=42)
+    from audio2lmk.inference import audio_to_landmarks
+    from common.lmk import load_reference
+
+    expected = audio_to_landmarks(
+        load_audio2lmk(work / "a2l"), work / "clip.wav", load_reference(work / "portrait.jpg", str(face_model)),
+        style="B", seed=42,
+    )  # fmt: skip
+    np.testing.assert_allclose(landmarks.mesh, expected.mesh, atol=1e-5)
+    np.testing.assert_allclose(landmarks.pose, expected.pose, atol=1e-4)
+
+    bad = run_module(
+        "lmk2video.generate", "model=model", "audio2lmk_model=model", "reference=portrait.jpg", "audio=clip.wav",
+        "out=a2l_bad/video.mp4", cwd=work, face_model=face_model,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "audio2lmk" in bad.stderr and not (work / "a2l_bad").exists()
 
 
 # ------------------------------------------------------------------------------------------- refusals
