@@ -1,5 +1,12 @@
 """Load AniPortrait's released audio models (``audio2mesh.pt``, ``audio2pose.pt``) into ours.
 
+    python -m audio2lmk.convert aniportrait --audio2mesh audio2mesh.pt --audio2pose audio2pose.pt -o DIR
+        [--fps 30] [--wav2vec2 NAME_OR_FOLDER] [--wav2vec2-config FOLDER_OR_JSON] [--overwrite]
+
+writes an inference model folder (``audio2lmk.inference``; ``python -m audio2lmk.infer model=DIR``) with
+either model or both, AniPortrait's demo pose post-processing (rotations x 0.5, 7-frame smoothing;
+:data:`ANIPORTRAIT_POSE_POSTPROCESS`) and its style ids ``0 .. N-1``.
+
 Both files are ``torch.save``d state dicts of AniPortrait's ``Audio2MeshModel`` /
 ``Audio2PoseModel`` (``src/audio_models/``). The conversion is strict: every key of the file is
 used and every weight of our model is set, else a :class:`~common.errors.UserError` lists the keys.
@@ -49,9 +56,12 @@ as in AniPortrait); a file with some but not all of them is an error.
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +69,11 @@ import torch
 
 from audio2lmk.models.audio2mesh import Audio2MeshModel
 from audio2lmk.models.audio2pose import Audio2PoseModel, sinusoidal_positions
-from common.errors import UserError
+from common.errors import UserError, exit_on_user_error
 from common.weights import strict_load
 
+# AniPortrait's scripts/audio2vid.py: pose_seq[:, :3] *= 0.5, then smooth_pose_seq(pose_seq, 7).
+ANIPORTRAIT_POSE_POSTPROCESS = {"rotation_scale": 0.5, "smooth": 7}
 ENCODER_PREFIX = "audio_encoder."
 _POS_CONV = "encoder.pos_conv_embed.conv."
 # transformers' weight-norm parameter names: torch.nn.utils.weight_norm (AniPortrait's
@@ -389,3 +401,98 @@ def convert_aniportrait_audio2pose(
     converted = _gather(model, state, _pose_source_name, source, ignored=frozenset({"PPE.pe"}), hidden=hidden)
     strict_load(model, converted, source)
     return model.eval()
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def _wav2vec2_config_option(value: str | None) -> dict[str, Any] | None:
+    """``--wav2vec2-config``: a wav2vec2 folder (its config.json) or a JSON file."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    path = path / "config.json" if path.is_dir() else path
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"--wav2vec2-config {value}: cannot read a JSON config ({err}); pass a wav2vec2 folder"
+        ) from None
+    if not isinstance(config, dict):
+        raise UserError(f"--wav2vec2-config {value}: not a JSON object; pass a wav2vec2 config.json")
+    return config
+
+
+def convert_aniportrait_folder(
+    out: str | os.PathLike,
+    *,
+    audio2mesh: str | os.PathLike | None = None,
+    audio2pose: str | os.PathLike | None = None,
+    fps: float = 30.0,
+    wav2vec2: str | None = None,
+    wav2vec2_config: Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """AniPortrait's ``audio2mesh.pt`` and/or ``audio2pose.pt`` -> an inference model folder ``out``."""
+    from audio2lmk.inference import export_audio2lmk
+
+    if audio2mesh is None and audio2pose is None:
+        raise UserError(
+            "pass --audio2mesh FILE, --audio2pose FILE or both (AniPortrait's audio2mesh.pt / audio2pose.pt)"
+        )
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; choose a new output folder or pass --overwrite")
+    options = {"fps": fps, "wav2vec2": wav2vec2, "wav2vec2_config": wav2vec2_config}
+    mesh = convert_aniportrait_audio2mesh(audio2mesh, **options) if audio2mesh is not None else None
+    pose = convert_aniportrait_audio2pose(audio2pose, **options) if audio2pose is not None else None
+    return export_audio2lmk(
+        out,
+        mesh_model=mesh,
+        pose_model=pose,
+        fps=fps,
+        styles=[],
+        data={"source": "AniPortrait", "audio2mesh": str(audio2mesh), "audio2pose": str(audio2pose)},
+        pose_postprocess=ANIPORTRAIT_POSE_POSTPROCESS,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m audio2lmk.convert", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="format", required=True)
+    ani = sub.add_parser("aniportrait", help="AniPortrait's audio2mesh.pt / audio2pose.pt")
+    ani.add_argument("--audio2mesh", default=None, help="AniPortrait's audio2mesh.pt")
+    ani.add_argument("--audio2pose", default=None, help="AniPortrait's audio2pose.pt")
+    ani.add_argument("-o", "--out", required=True, help="output model folder")
+    ani.add_argument("--fps", type=float, default=30.0, help="video frame rate the models run at (30)")
+    ani.add_argument(
+        "--wav2vec2", default=None, help="wav2vec2 name or folder for files without audio_encoder.* weights"
+    )
+    ani.add_argument(
+        "--wav2vec2-config",
+        default=None,
+        help="wav2vec2 folder or config JSON giving what shapes cannot (attention heads, strides)",
+    )
+    ani.add_argument("--overwrite", action="store_true", help="replace the output folder")
+    return parser
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    out = convert_aniportrait_folder(
+        args.out,
+        audio2mesh=args.audio2mesh,
+        audio2pose=args.audio2pose,
+        fps=args.fps,
+        wav2vec2=args.wav2vec2,
+        wav2vec2_config=_wav2vec2_config_option(args.wav2vec2_config),
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

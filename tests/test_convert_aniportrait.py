@@ -264,3 +264,45 @@ def test_infer_wav2vec2_config_from_shapes():
     assert inferred.num_conv_pos_embedding_groups == 2 and inferred.mask_time_prob == 0.0
     with pytest.raises(UserError, match="not divisible by 12 heads"):
         infer_wav2vec2_config(state)
+
+
+def test_cli_writes_an_inference_folder(tmp_path, mesh_reference, pose_reference, capsys):
+    """python -m audio2lmk.convert aniportrait: both files -> a folder audio2lmk.infer loads, strict."""
+    import json
+
+    from audio2lmk.convert import ANIPORTRAIT_POSE_POSTPROCESS, main
+    from audio2lmk.inference import audio_to_landmarks, load_audio2lmk
+    from common.lmkfile import LandmarkSequence
+
+    torch.save(mesh_reference.state_dict(), tmp_path / "audio2mesh.pt")
+    torch.save(_old_weight_norm_names(pose_reference.state_dict()), tmp_path / "audio2pose.pt")
+    (tmp_path / "w2v.json").write_text(json.dumps({"num_attention_heads": 2}))
+    out = tmp_path / "model"
+    args = ["aniportrait", "--audio2mesh", str(tmp_path / "audio2mesh.pt"), "--audio2pose",
+            str(tmp_path / "audio2pose.pt"), "--wav2vec2-config", str(tmp_path / "w2v.json"), "-o", str(out)]  # fmt: skip
+    assert main(args) == 0 and "wrote" in capsys.readouterr().out
+
+    loaded = load_audio2lmk(out)
+    assert loaded.pose_postprocess == ANIPORTRAIT_POSE_POSTPROCESS and loaded.fps == 30.0
+    expected = convert_aniportrait_audio2mesh(
+        mesh_reference.state_dict(), wav2vec2_config={"num_attention_heads": 2}
+    )
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(loaded.mesh_model.state_dict()[key], value, atol=0, rtol=0)
+    assert loaded.pose_model.config.num_styles == 10
+    reference = LandmarkSequence(
+        mesh=np.zeros((1, 468, 3), np.float32),
+        pose=np.zeros((1, 6), np.float32),
+        fps=30.0,
+        image_size=(64, 64),
+    )
+    seq = audio_to_landmarks(loaded, speechlike(8000, seed=3)[0].numpy(), reference, style=3, seed=0)
+    assert seq.num_frames == 15 and np.isfinite(seq.mesh).all()
+
+    with pytest.raises(SystemExit) as again:  # the folder exists
+        main(args)
+    assert again.value.code == 2
+    with pytest.raises(SystemExit) as nothing:
+        main(["aniportrait", "-o", str(tmp_path / "none")])
+    assert nothing.value.code == 2 and not (tmp_path / "none").exists()
+    assert "--audio2mesh FILE" in capsys.readouterr().err
