@@ -35,3 +35,36 @@ def test_demo_without_models_runs_the_landmark_round_trip_and_says_what_it_needs
         ["excerpt_default.mp4", "edited_default.mp4", "retargeted_default.mp4", "edited_aniportrait.mp4"]
     )
     assert not (out / "speech.npz").exists() and not (out / "video.mp4").exists()
+
+
+def test_demo_with_models_goes_from_speech_to_video(tmp_path, face_model) -> None:
+    """With an audio2lmk and an lmk2video folder (tiny, random) the demo runs speech -> landmarks -> video."""
+    from audio2lmk.inference import export_audio2lmk
+    from tests.l2v_models import tiny_pipeline
+    from tests.test_audio2lmk_infer import FPS, tiny_models
+
+    mesh, pose = tiny_models()
+    export_audio2lmk(tmp_path / "a2l", mesh_model=mesh, pose_model=pose, fps=FPS, styles=["A"])
+    tiny_pipeline(motion=True).save_pretrained(tmp_path / "l2v")
+    video, audio = (
+        shared_file("talking", "feifeili_clip2_short.mp4"),
+        shared_file("talking", "feifeili_clip2_short.wav"),
+    )
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "common.demo", "--video", str(video), "--audio", str(audio), "--seconds", "1",
+         "--speech", str(audio), "--audio2lmk-model", str(tmp_path / "a2l"), "--lmk2video-model",
+         str(tmp_path / "l2v"), "--steps", "1", "--out", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+        env={"TALKING_PORTRAIT_FACE_MODEL": str(face_model), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "skipped" not in result.stdout
+    speech = LandmarkSequence.load(out / "speech.npz")
+    assert speech.reference_mesh is not None and (out / "speech_default.mp4").is_file()
+    import av
+
+    with av.open(str(out / "video.mp4")) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+        assert len(container.streams.audio) == 1
+    assert frames == speech.num_frames
