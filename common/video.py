@@ -246,11 +246,13 @@ class VideoWriter:
 
     def _open_stream(self, height: int, width: int) -> None:
         rate = _fps_fraction(self.fps)
+        self._time_base = 1 / rate
         self._stream = self._container.add_stream("libx264", rate=rate)
         self._stream.width = width + width % 2
         self._stream.height = height + height % 2
         self._stream.pix_fmt = "yuv420p"
         self._stream.time_base = 1 / rate
+        self._stream.codec_context.time_base = 1 / rate
         self._stream.options = {"crf": str(self.crf), "preset": self.preset}
         self._size = (height, width)
         if self._audio_source is not None:
@@ -274,6 +276,7 @@ class VideoWriter:
         for rgb in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
             frame.pts = self.num_frames
+            frame.time_base = self._time_base
             self._container.mux(self._stream.encode(frame))
             self.num_frames += 1
         self._feed_audio(final=False)

@@ -80,15 +80,18 @@ def work(tmp_path_factory, face_model) -> Path:
 
 
 def probe(path: Path) -> dict:
+    """Frame count, size, frame rate from the decoded frames' timestamps, audio duration."""
     with av.open(str(path)) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
-        frames = sum(1 for _ in container.decode(video))
+        times = [frame.time for frame in container.decode(video)]
     with av.open(str(path)) as container:
         samples = sum(f.samples for f in container.decode(container.streams.audio[0]))
+    steps = np.diff(times)
     return {
-        "frames": frames,
+        "frames": len(times),
         "size": (video.codec_context.width, video.codec_context.height),
-        "fps": float(video.average_rate),
+        "fps": round(1.0 / float(np.mean(steps)), 3) if len(steps) else None,
+        "times": times,
         "audio_seconds": samples / audio.codec_context.sample_rate,
     }
 
@@ -132,7 +135,7 @@ def test_cli_writes_one_frame_per_landmark_frame_with_audio_and_a_grid(work, fac
         "retargeting" in result.stdout
     )  # the landmarks came from another person's video (Hydra logs to stdout)
     info = probe(work / "cli" / "video.mp4")
-    assert info["frames"] == FRAMES and info["fps"] == FPS
+    assert info["frames"] == FRAMES and info["fps"] == FPS, info["times"]
     assert info["size"] == (3 * 64, 64)  # reference | landmarks | result
     assert abs(info["audio_seconds"] - FRAMES / FPS) <= 1 / FPS
     assert sorted(p.name for p in (work / "cli").iterdir()) == ["video.mp4"]
