@@ -229,6 +229,37 @@ def test_resumed_run_continues_with_the_losses_and_weights_of_an_uninterrupted_o
             torch.testing.assert_close(getattr(b, name).state_dict()[key], value, rtol=1e-5, atol=1e-7)
 
 
+def test_validation_video_goes_to_wandb_offline_and_the_run_is_finished(index, face_model, tmp_path) -> None:
+    """Validation every N steps logs loss, the landmark-following scores and the video (csv path, wandb
+    video); wandb runs offline and is finished even though the run ended normally."""
+    import wandb
+
+    overrides = [
+        "experiment=tiny_stage1",
+        *data_overrides(index),
+        "logger=csv_wandb",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "val.frames=2",
+        f"val.face_model={face_model}",
+    ]
+    with composed(overrides, tmp_path / "run") as cfg:
+        assert cfg.logger.wandb.offline
+        run(cfg)
+    assert wandb.run is None
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = {k for row in rows for k, v in row.items() if v}
+    assert {"val/loss", "val/video", "val/face_detection_rate"} <= logged
+    video = next(row["val/video"] for row in rows if row.get("val/video"))
+    assert Path(video).name == "val_step0000002.mp4" and Path(video).is_file()
+    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    assert list(offline[0].glob("files/media/videos/val/video_*.mp4"))
+
+
 def test_refusals_are_clear_before_training(index, tmp_path) -> None:
     (tmp_path / "taken").mkdir()
     base = ["experiment=tiny_stage1", *data_overrides(index)]
