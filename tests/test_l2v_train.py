@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -258,6 +259,26 @@ def test_validation_video_goes_to_wandb_offline_and_the_run_is_finished(index, f
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     assert list(offline[0].glob("files/media/videos/val/video_*.mp4"))
+
+
+def test_bf16_mixed_precision_trains_validates_and_exports_float32(index, tmp_path) -> None:
+    overrides = [
+        "experiment=tiny_stage1",
+        *data_overrides(index),
+        "trainer.precision=bf16-mixed",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "val.frames=2",
+        f"export_dir={tmp_path / 'export'}",
+    ]
+    with composed(overrides, tmp_path / "run") as cfg:
+        metric = run(cfg)
+    assert metric is not None and np.isfinite(metric)
+    assert (tmp_path / "run" / "media" / "val_step0000002.mp4").is_file()
+    exported = LandmarkVideoPipeline.from_pretrained(tmp_path / "export")
+    assert {p.dtype for p in exported.denoising_unet.parameters()} == {torch.float32}
 
 
 def test_refusals_are_clear_before_training(index, tmp_path) -> None:
