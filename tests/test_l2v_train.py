@@ -168,18 +168,22 @@ def test_tiny_stage2_fast_dev_run_from_the_stage1_export_trains_motion_modules_o
     stage1, index, face_model, tmp_path
 ) -> None:
     result = cli(
+        "-m",
         "experiment=tiny_stage2",
         "trainer.fast_dev_run=true",
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
         f"init_from={stage1['export']}",
         *data_overrides(index),
-        f"hydra.run.dir={tmp_path / 'run'}",
+        # A one-point multirun: the sweep route (-m), one job folder per point.
+        "seed=3",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "hydra.sweep.subdir=job${hydra.job.num}",
         f"export_dir={tmp_path / 'export'}",
         face_model=face_model,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list((tmp_path / "run" / "media").glob("val_step*.mp4"))) == 1
+    assert len(list((tmp_path / "sweep" / "job0" / "media").glob("val_step*.mp4"))) == 1
     stage2 = LandmarkVideoPipeline.from_pretrained(tmp_path / "export")
     start = LandmarkVideoPipeline.from_pretrained(stage1["export"])
     assert stage2.denoising_unet.has_motion_modules
@@ -279,6 +283,20 @@ def test_bf16_mixed_precision_trains_validates_and_exports_float32(index, tmp_pa
     assert (tmp_path / "run" / "media" / "val_step0000002.mp4").is_file()
     exported = LandmarkVideoPipeline.from_pretrained(tmp_path / "export")
     assert {p.dtype for p in exported.denoising_unet.parameters()} == {torch.float32}
+
+
+def test_fsdp_and_ddp_trainer_configs_instantiate(tmp_path) -> None:
+    """The GPU trainer groups compose with an experiment and build their strategies (no GPU needed for that)."""
+    from hydra.utils import instantiate
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    with composed(["experiment=sd15_stage1", "trainer=fsdp", "trainer.num_nodes=2"], tmp_path) as cfg:
+        strategy = instantiate(cfg.trainer.strategy)
+        assert isinstance(strategy, FSDPStrategy) and cfg.trainer.precision == "bf16-mixed"
+        assert cfg.trainer.num_nodes == 2 and cfg.trainer.devices == -1
+    with composed(["experiment=sd15_stage2"], tmp_path) as cfg:
+        assert (cfg.trainer.strategy, cfg.trainer.accelerator, cfg.stage) == ("ddp", "gpu", 2)
+        assert cfg.gradient_checkpointing and cfg.data.num_frames == 16
 
 
 def test_refusals_are_clear_before_training(index, tmp_path) -> None:
