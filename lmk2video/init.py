@@ -7,6 +7,8 @@ the composed ``model`` config describes (``conf/lmk2video/model/*.yaml``, chosen
   (:meth:`DenoisingUNet.from_pretrained_2d`, :meth:`ReferenceUNet.from_pretrained_2d`; the architecture is
   the folder's), the VAE from ``vae_path`` or ``sd15_path/vae``; otherwise both UNets are randomly
   initialised with the *same* 2-D weights (as SD1.5 initialises both) and the VAE randomly;
+  ``model.vae: null`` builds a pixel-space model (no VAE; the UNets denoise RGB frames, the pose guider
+  must not downsample);
 * the image encoder from ``image_encoder_path`` (a ``CLIPVisionModelWithProjection`` folder, or a folder
   holding one as ``image_encoder/``), else random; its image processor is CLIP's, at the encoder's size;
 * motion modules (when ``model.motion_module`` is set) from ``motion_module_path`` (AnimateDiff format),
@@ -83,6 +85,13 @@ def _vae(model: Mapping[str, Any], vae_path: Path | None, sd15_path: Path | None
 
     from lmk2video.pipeline import load_pretrained_strict
 
+    if model.get("vae") is None:  # a pixel-space model
+        if vae_path is not None:
+            raise UserError(
+                "model.vae is null (a pixel-space model, no VAE) but model.pretrained.vae_path is set; "
+                "set model.vae to an AutoencoderKL config or remove vae_path"
+            )
+        return None
     folder = vae_path if vae_path is not None else (sd15_path / "vae" if sd15_path is not None else None)
     if folder is None:
         return AutoencoderKL(**model["vae"])
@@ -179,6 +188,69 @@ def build_pipeline(model: Mapping[str, Any] | DictConfig, work_dir: str | os.Pat
     return pipe
 
 
+def add_motion_modules(
+    pipe: Any, motion_module: Mapping[str, Any], motion_module_path: str | os.PathLike | None = None
+) -> Any:
+    """Give a pipeline without motion modules (a stage-1 model) a denoising UNet with them; returns ``pipe``.
+
+    The new UNet has the old one's config plus ``motion_module`` (a :class:`MotionModuleConfig` dict) and
+    its 2-D weights, copied strictly; the motion modules come from ``motion_module_path`` (AnimateDiff
+    format, strict) or are fresh (identity: zero output projections).
+    """
+    from lmk2video.models.denoising_unet import MOTION_KEY, DenoisingUNet
+
+    old = pipe.denoising_unet
+    if old.has_motion_modules:
+        raise ValueError("the denoising UNet already has motion modules")
+    config = {k: v for k, v in old.config.items() if not k.startswith("_")}
+    config["motion_module"] = dict(motion_module)
+    new = DenoisingUNet(**config).to(dtype=old.dtype, device=old.device)
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    if unexpected or any(MOTION_KEY not in f".{k}" for k in missing):
+        raise RuntimeError(f"2-D weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if motion_module_path is not None:
+        new.load_motion_modules(motion_module_path)
+    pipe.register_modules(denoising_unet=new.eval())
+    return pipe
+
+
+def load_or_build(
+    model: Mapping[str, Any] | DictConfig,
+    init_from: str | os.PathLike | None,
+    work_dir: str | os.PathLike = ".",
+) -> Any:
+    """The pipeline a training run starts from: the model folder ``init_from``, or :func:`build_pipeline`.
+
+    With ``init_from`` the folder's components are used as saved; ``model.motion_module`` (when the folder's
+    UNet has none: stage 2 from a stage-1 model) adds motion modules, loaded from
+    ``model.pretrained.motion_module_path`` when set. Other ``model`` keys are not used.
+    """
+    from lmk2video.pipeline import LandmarkVideoPipeline
+
+    if isinstance(model, DictConfig):
+        model = OmegaConf.to_container(model, resolve=True)
+    if init_from is None:
+        return build_pipeline(model, work_dir)
+    folder = Path(work_dir) / Path(str(init_from)).expanduser()
+    pipe = LandmarkVideoPipeline.from_pretrained(folder)
+    motion_path = _path((model.get("pretrained") or {}).get("motion_module_path"), Path(work_dir))
+    if motion_path is not None and not motion_path.exists():
+        raise UserError(f"model.pretrained.motion_module_path={motion_path} does not exist; check the path")
+    motion = model.get("motion_module")
+    if not pipe.denoising_unet.has_motion_modules:
+        if motion is not None:
+            log.info("adding motion modules to %s (%s)", folder, motion_path or "fresh")
+            add_motion_modules(pipe, motion, motion_path)
+        elif motion_path is not None:
+            raise UserError(
+                f"model.pretrained.motion_module_path is set but {folder} has no motion modules and "
+                "model.motion_module is null; choose a stage-2 experiment or set model.motion_module"
+            )
+    elif motion_path is not None:
+        pipe.denoising_unet.load_motion_modules(motion_path)
+    return pipe
+
+
 def write_model_folder(pipe: Any, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """``pipe.save_pretrained`` into a temporary folder beside ``out``, renamed to ``out`` at the end."""
     from common.atomic import ensure_writable_dir
@@ -209,6 +281,7 @@ def run(cfg: DictConfig) -> Path:
     counts = {
         name: sum(p.numel() for p in getattr(pipe, name).parameters())
         for name in ("vae", "image_encoder", "reference_unet", "denoising_unet", "pose_guider")
+        if getattr(pipe, name) is not None
     }
     log.info("wrote %s (%s parameters)", out, ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     return out

@@ -2,7 +2,9 @@
 
 Components (AniPortrait's design), registered as a diffusers ``DiffusionPipeline``:
 
-* ``vae``: diffusers ``AutoencoderKL``; reference image -> latents, latents -> frames;
+* ``vae``: diffusers ``AutoencoderKL``; reference image -> latents, latents -> frames. ``None`` makes a
+  pixel-space model: the "latents" are the RGB frames themselves in ``[-1, 1]`` (3 channels, scale factor 1),
+  for small models trained from scratch, where a randomly initialised VAE would leave nothing to learn from;
 * ``image_encoder``: transformers ``CLIPVisionModelWithProjection``; reference image -> one cross-attention token;
 * ``feature_extractor``: transformers ``CLIPImageProcessorPil``; the image encoder's resize, crop, normalisation;
 * ``reference_unet``: :class:`~lmk2video.models.reference_unet.ReferenceUNet`; reference latents -> reference bank;
@@ -95,6 +97,9 @@ _KNOWN_CLASSES: dict[str, dict[tuple[str, str], type]] = {
     "denoising_unet": {("lmk2video.models.denoising_unet", "DenoisingUNet"): DenoisingUNet},
     "pose_guider": {("lmk2video.models.pose_guider", "PoseGuider"): PoseGuider},
 }
+# Components a model folder may leave out (``[null, null]`` in model_index.json): a pixel-space model has no VAE.
+OPTIONAL_COMPONENTS = ("vae",)
+IMAGE_CHANNELS = 3
 REBUILD_HINT = (
     "re-create the model folder (python -m lmk2video.init, or save_pretrained of a trained pipeline)"
 )
@@ -162,6 +167,31 @@ def _images_to_tensor(images: np.ndarray, device: torch.device, dtype: torch.dty
     return (x.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0).to(dtype)
 
 
+def encode_images(
+    vae: AutoencoderKL | None,
+    pixels: torch.Tensor,
+    generator: torch.Generator | None = None,
+    sample: bool = False,
+) -> torch.Tensor:
+    """(N, 3, H, W) images in [-1, 1] -> (N, C, h, w) latents times the VAE's scaling factor.
+
+    ``sample``: draw from the VAE's posterior (with ``generator``) instead of taking its mean (training
+    targets sample, references take the mean). Without a VAE (pixel space) the images are the latents.
+    """
+    if vae is None:
+        return pixels
+    dist = vae.encode(pixels.to(vae.dtype)).latent_dist
+    latents = dist.sample(generator) if sample else dist.mean
+    return latents * vae.config.scaling_factor
+
+
+def decode_latents(vae: AutoencoderKL | None, latents: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) latents -> (N, 3, H, W) images in about [-1, 1] (not clamped); identity without a VAE."""
+    if vae is None:
+        return latents
+    return vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
+
+
 class LandmarkVideoPipeline(DiffusionPipeline):
     """Landmark-conditioned portrait video diffusion (see the module docstring).
 
@@ -176,7 +206,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | None,
         image_encoder: CLIPVisionModelWithProjection,
         feature_extractor: CLIPImageProcessorPil,
         reference_unet: ReferenceUNet,
@@ -203,7 +233,9 @@ class LandmarkVideoPipeline(DiffusionPipeline):
 
     @property
     def vae_scale_factor(self) -> int:
-        """Image pixels per latent pixel."""
+        """Image pixels per latent pixel (1 for a pixel-space model, which has no VAE)."""
+        if self.vae is None:
+            return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
@@ -211,6 +243,21 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         """Longest window the motion modules accept (their ``max_position``), None without motion modules."""
         motion = self.denoising_unet.config.motion_module
         return None if motion is None else int(motion["max_position"])
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the denoised representation: the VAE's latent channels, or 3 (RGB) without a VAE."""
+        return IMAGE_CHANNELS if self.vae is None else int(self.vae.config.latent_channels)
+
+    def encode_images(
+        self, pixels: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False
+    ) -> torch.Tensor:
+        """(N, 3, H, W) images in [-1, 1] -> (N, C, h, w) latents: :func:`encode_images` with this VAE."""
+        return encode_images(self.vae, pixels, generator, sample)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) latents -> (N, 3, H, W) images in about [-1, 1]: :func:`decode_latents` with this VAE."""
+        return decode_latents(self.vae, latents)
 
     def check_components(self, source: str = "pipeline") -> None:
         """Raise :class:`UserError` when the components do not fit together (``source`` names the folder)."""
@@ -223,10 +270,11 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             )
         if ref.config.cross_attention_dim != unet.config.cross_attention_dim:
             problems.append("reference_unet and denoising_unet have different cross_attention_dim")
-        latent = self.vae.config.latent_channels
+        latent = self.latent_channels
         if not latent == unet.config.in_channels == unet.config.out_channels == ref.config.in_channels:
+            what = "vae latent_channels" if self.vae is not None else "a pixel-space model (no vae) has"
             problems.append(
-                f"vae latent_channels {latent} must equal the UNets' in/out channels "
+                f"{what} {latent} must equal the UNets' in/out channels "
                 f"({unet.config.in_channels}/{unet.config.out_channels}, reference {ref.config.in_channels})"
             )
         if set(unet.reference_attention_names) != set(ref.reference_attention_names):
@@ -239,6 +287,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         if guider.downsample_factor != self.vae_scale_factor:
             problems.append(
                 f"pose_guider downsamples by {guider.downsample_factor}, the vae by {self.vae_scale_factor}"
+                + (" (no vae: give the pose guider one block_out_channels entry)" if self.vae is None else "")
             )
         for key in ("width", "height"):
             value = self.config[key]
@@ -294,8 +343,8 @@ class LandmarkVideoPipeline(DiffusionPipeline):
     def encode_reference(self, image: np.ndarray) -> ReferenceCondition:
         """Latents, CLIP token and reference bank of an RGB uint8 (H, W, 3) image already at the output size."""
         device = self._execution_device
-        pixels = _images_to_tensor(image[None], device, self.vae.dtype)
-        latents = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
+        dtype = self.vae.dtype if self.vae is not None else self.reference_unet.dtype
+        latents = self.encode_images(_images_to_tensor(image[None], device, dtype)).float()
         clip_pixels = self.feature_extractor(images=image, return_tensors="pt").pixel_values
         embeds = self.image_encoder(
             clip_pixels.to(device=device, dtype=self.image_encoder.dtype)
@@ -460,8 +509,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             raise UserError(f"decode_chunk={chunk} must be at least 1")
         for start in range(0, latents.shape[2], chunk):
             z = latents[0, :, start : start + chunk].permute(1, 0, 2, 3)  # (n, C, h, w)
-            z = (z / self.vae.config.scaling_factor).to(device=self._execution_device, dtype=self.vae.dtype)
-            images = self.vae.decode(z).sample.float()
+            images = self.decode_latents(z.to(device=self._execution_device)).float()
             images = ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
             yield images.permute(0, 2, 3, 1).cpu().numpy()
 
@@ -613,7 +661,12 @@ def load_pretrained_strict(
 
 
 def _load_component(root: Path, name: str, entry: Any, torch_dtype: torch.dtype | None) -> Any:
-    """Load one component from ``root/name`` strictly; every failure is a :class:`UserError` naming the folder."""
+    """Load one component from ``root/name`` strictly; every failure is a :class:`UserError` naming the folder.
+
+    An optional component saved as ``None`` (``[null, null]``) loads as ``None``.
+    """
+    if name in OPTIONAL_COMPONENTS and isinstance(entry, list | tuple) and list(entry) == [None, None]:
+        return None
     cls = _component_class(name, entry, str(root / MODEL_INDEX))
     folder = root / name
     if not folder.is_dir():

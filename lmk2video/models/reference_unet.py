@@ -88,28 +88,33 @@ class ReferenceUNet(StrictLoadMixin, UNet2DConditionModel):
         """Freeze the parameters that cannot influence the bank; return their names.
 
         Everything after the last self-attention's input is unused: that attention itself, the rest
-        of its transformer block (norm2, attn2, norm3, ff) and its transformer's ``proj_out``. Freezing
-        them keeps DistributedDataParallel from waiting for gradients that never come.
+        of its transformer block (norm2, attn2, norm3, ff), its transformer's ``proj_out``, the rest of
+        its up block (its upsampler) and any later up block without attention layers. Freezing them
+        keeps DistributedDataParallel from waiting for gradients that never come.
         """
-        last_block = self.up_blocks[-1]
-        if not getattr(last_block, "attentions", None):
-            raise ValueError("freeze_unused_parameters expects the last up block to have attention layers")
+        with_attention = [i for i, b in enumerate(self.up_blocks) if getattr(b, "attentions", None)]
+        if not with_attention:
+            raise ValueError("freeze_unused_parameters expects an up block with attention layers")
+        index = with_attention[-1]
+        last_block = self.up_blocks[index]
         transformer = last_block.attentions[-1]
-        prefix = f"up_blocks.{len(self.up_blocks) - 1}.attentions.{len(last_block.attentions) - 1}"
+        prefix = f"up_blocks.{index}.attentions.{len(last_block.attentions) - 1}"
         block_index = len(transformer.transformer_blocks) - 1
         block = transformer.transformer_blocks[block_index]
         unused: list[tuple[str, nn.Module | None]] = [
-            (f"transformer_blocks.{block_index}.{name}", getattr(block, name, None))
+            (f"{prefix}.transformer_blocks.{block_index}.{name}", getattr(block, name, None))
             for name in ("attn1", "norm2", "attn2", "norm3", "ff")
         ]
-        unused.append(("proj_out", transformer.proj_out))
+        unused.append((f"{prefix}.proj_out", transformer.proj_out))
+        unused.append((f"up_blocks.{index}.upsamplers", getattr(last_block, "upsamplers", None)))
+        unused += [(f"up_blocks.{i}", self.up_blocks[i]) for i in range(index + 1, len(self.up_blocks))]
         names = []
         for sub, module in unused:
             if module is None:
                 continue
             for name, param in module.named_parameters():
                 param.requires_grad_(False)
-                names.append(f"{prefix}.{sub}.{name}")
+                names.append(f"{sub}.{name}")
         return names
 
     @classmethod
