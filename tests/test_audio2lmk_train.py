@@ -155,6 +155,18 @@ def test_train_export_resume_and_evaluate(tiny_index, tmp_path):
         for key in a:
             torch.testing.assert_close(a[key], c[key], msg=f"{part} {key}")
     assert (tmp_path / "a" / "csv" / "metrics.csv").is_file()
+    # mel_small validates and exports the EMA of the weights (EMAWeightAveraging): the checkpoint's
+    # state_dict is the average, the raw weights are kept for resuming, and the export is the average.
+    last = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert "current_model_state" in last and "averaging_state" in last
+    exported = load_file(tmp_path / "m_a" / "audio2mesh" / "diffusion_pytorch_model.safetensors")
+    for key, value in exported.items():
+        torch.testing.assert_close(value, last["state_dict"][f"mesh_model.{key}"], msg=key)
+    assert any(
+        not torch.equal(last["state_dict"][k], last["current_model_state"][k])
+        for k in last["state_dict"]
+        if k.startswith("mesh_model.")
+    )
 
     info = json.loads((tmp_path / "m_a" / "audio2lmk.json").read_text())
     assert info["styles"] == ["Obama", "andrew"] and info["data"]["val_speakers"] == ["feifeili"]
@@ -170,7 +182,7 @@ def test_train_export_resume_and_evaluate(tiny_index, tmp_path):
         run_train("mel_small", tiny_index, tmp_path / "d", f"ckpt_path={tmp_path / 'nope.ckpt'}")
 
 
-def test_fps_mismatch_and_style_count_are_errors(tiny_index, tmp_path):
+def test_config_errors(tiny_index, tmp_path):
     with pytest.raises(UserError, match="fps"):
         run_train(
             "mel_small", tiny_index, tmp_path / "a", "trainer.fast_dev_run=true", "model.mesh_model.fps=25"
@@ -183,6 +195,8 @@ def test_fps_mismatch_and_style_count_are_errors(tiny_index, tmp_path):
             "trainer.fast_dev_run=true",
             "model.pose_model.num_styles=1",
         )
+    with pytest.raises(UserError, match="num_threads=0"):
+        run_train("mel_small", tiny_index, tmp_path / "c", "trainer.fast_dev_run=true", "num_threads=0")
 
 
 def test_sweep_runs_two_jobs(tiny_index, tmp_path):
