@@ -234,12 +234,10 @@ def test_resumed_run_continues_with_the_losses_and_weights_of_an_uninterrupted_o
             torch.testing.assert_close(getattr(b, name).state_dict()[key], value, rtol=1e-5, atol=1e-7)
 
 
-def test_validation_video_goes_to_wandb_offline_and_the_run_is_finished(index, face_model, tmp_path) -> None:
+def test_validation_video_goes_to_wandb_offline(index, face_model, tmp_path) -> None:
     """Validation every N steps logs loss, the landmark-following scores and the video (csv path, wandb
-    video); wandb runs offline and is finished even though the run ended normally."""
-    import wandb
-
-    overrides = [
+    video); wandb runs offline. (A subprocess: wandb's service does not belong in the test process.)"""
+    result = cli(
         "experiment=tiny_stage1",
         *data_overrides(index),
         "logger=csv_wandb",
@@ -249,11 +247,9 @@ def test_validation_video_goes_to_wandb_offline_and_the_run_is_finished(index, f
         "trainer.enable_model_summary=false",
         "val.frames=2",
         f"val.face_model={face_model}",
-    ]
-    with composed(overrides, tmp_path / "run") as cfg:
-        assert cfg.logger.wandb.offline
-        run(cfg)
-    assert wandb.run is None
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     logged = {k for row in rows for k, v in row.items() if v}
@@ -263,6 +259,7 @@ def test_validation_video_goes_to_wandb_offline_and_the_run_is_finished(index, f
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     assert list(offline[0].glob("files/media/videos/val/video_*.mp4"))
+    assert list(offline[0].glob("run-*.wandb"))
 
 
 def test_bf16_mixed_precision_trains_validates_and_exports_float32(index, tmp_path) -> None:
