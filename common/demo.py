@@ -1,11 +1,16 @@
-"""``make demo``: the landmark round trip on a sample talking clip.
+"""``make demo``: speech -> landmarks -> video on the sample data, with the models that are there.
 
 1. extract the 3D mesh and head pose from a real talking clip;
 2. edit them (smooth, exaggerate the mouth) and retarget them onto a portrait;
-3. render landmark preview videos with the clip's speech muxed in.
+3. render landmark preview videos with the clip's speech muxed in;
+4. speech -> landmarks on the portrait's face with the audio2lmk model folder ``--audio2lmk-model``
+   (default ``models/audio2lmk``), rendered as a preview with the speech;
+5. landmarks -> video with the lmk2video model folder ``--lmk2video-model`` (default
+   ``models/lmk2video``): the speech-driven landmarks of step 4 (else the retargeted clip of step 2).
 
-Outputs go to ``outputs/demo/`` (or ``--out``). Inputs default to ../shared beside the checkout;
-``--video``/``--audio``/``--portrait`` take your own files.
+Steps 4 and 5 need trained weights; without a model folder the demo says which command makes one
+and carries on. Outputs go to ``outputs/demo/`` (or ``--out``). Inputs default to ../shared beside
+the checkout; ``--video``/``--audio``/``--portrait``/``--speech`` take your own files.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--portrait", default=_default(SHARED / "portraits" / "photo_woman.jpg"), help="reference image"
     )
+    p.add_argument(
+        "--speech", default=_default(SHARED / "speech" / "en_24k_mono.mp3"), help="speech for steps 4-5"
+    )
+    p.add_argument("--audio2lmk-model", default=str(PROJECT_ROOT / "models" / "audio2lmk"), help="step 4")
+    p.add_argument("--lmk2video-model", default=str(PROJECT_ROOT / "models" / "lmk2video"), help="step 5")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps of step 5")
     p.add_argument("--out", default=str(PROJECT_ROOT / "outputs" / "demo"), help="output folder")
     p.add_argument("--seconds", type=float, default=8.0, help="length of the demo excerpt")
     return p
@@ -56,19 +67,19 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     full, clip, edited, retargeted = (
-        out / n for n in ("clip.npz", "clip_8s.npz", "edited.npz", "retargeted.npz")
+        out / n for n in ("clip.npz", "excerpt.npz", "edited.npz", "retargeted.npz")
     )
 
     print(f"[1/3] extracting landmarks from {args.video}")
     lmk(["extract", args.video, "-o", str(full)])
     lmk(["info", str(full)])
 
-    print("[2/3] editing: trim, smooth, exaggerate the mouth; retarget onto the portrait")
+    print("[2/5] editing: trim, smooth, exaggerate the mouth; retarget onto the portrait")
     lmk(["edit", str(full), "-o", str(clip), "--trim", f":{args.seconds}"])
     lmk(["edit", str(clip), "-o", str(edited), "--smooth", "3", "--mouth-scale", "1.5"])
     lmk(["retarget", str(edited), "--reference", args.portrait, "-o", str(retargeted)])
 
-    print("[3/3] rendering previews with audio")
+    print("[3/5] rendering previews with audio")
     for name, style in (
         (clip, "default"),
         (edited, "default"),
@@ -78,7 +89,61 @@ def main(argv: list[str] | None = None) -> None:
         video = out / f"{name.stem}_{style}.mp4"
         size = [] if name == retargeted else ["--size", "512x512"]
         lmk(["render", str(name), "-o", str(video), "--audio", args.audio, "--style", style, "-q", *size])
-    print(f"done: landmark files and preview videos in {out}")
+    talk = _speech_to_landmarks(args, out)
+    _landmarks_to_video(args, out, talk, retargeted)
+    print(f"done: outputs in {out}")
+
+
+def _speech_to_landmarks(args: argparse.Namespace, out: Path) -> Path | None:
+    """Step 4: the landmark file made from ``args.speech``, or None when there is no model."""
+    from common.lmk import load_reference
+    from common.lmk import main as lmk
+
+    model = Path(args.audio2lmk_model)
+    if not (model / "audio2lmk.json").is_file():
+        print(
+            f"[4/5] skipped speech -> landmarks: no audio2lmk model folder at {model}. Train one with\n"
+            f"        python -m audio2lmk.train experiment=mel_small export_dir={model}\n"
+            "      (about ten minutes on a CPU, on ../shared/data/talking), or pass --audio2lmk-model DIR"
+        )
+        return None
+    if not args.speech:
+        raise UserError("step 4 needs speech: pass --speech FILE (wav, mp3, m4a, flac, ...)")
+    from audio2lmk.inference import audio_to_landmarks, load_audio2lmk
+
+    print(f"[4/5] speech -> landmarks: {args.speech} on {args.portrait} with {model}")
+    sequence = audio_to_landmarks(load_audio2lmk(model), args.speech, load_reference(args.portrait), seed=0)
+    talk = sequence.save(out / "speech.npz")
+    lmk(["render", str(talk), "-o", str(out / "speech_default.mp4"), "--audio", args.speech, "-q"])
+    return talk
+
+
+def _landmarks_to_video(args: argparse.Namespace, out: Path, talk: Path | None, retargeted: Path) -> None:
+    """Step 5: a video of the portrait from ``talk`` (with the speech) or else the retargeted clip."""
+    model = Path(args.lmk2video_model)
+    if not (model / "model_index.json").is_file():
+        print(
+            f"[5/5] skipped landmarks -> video: no lmk2video model folder at {model}. Train one (stage 1, then\n"
+            "      stage 2, on GPUs: see the README's 'Training at full scale'), e.g.\n"
+            f"        python -m lmk2video.train experiment=sd15_stage1 data.index=DATA ... export_dir={model}\n"
+            "      or pass --lmk2video-model DIR. (python -m lmk2video.init experiment=tiny_stage2 out=DIR makes an\n"
+            "      untrained tiny model: it runs the whole path in seconds but renders noise.)"
+        )
+        return
+    from lmk2video.generate import GenerateSettings, generate
+
+    landmarks, audio = (talk, args.speech) if talk is not None else (retargeted, None)
+    print(f"[5/5] landmarks -> video: {landmarks} on {args.portrait} with {model} ({args.steps} steps)")
+    values = {
+        "model": str(model),
+        "reference": args.portrait,
+        "landmarks": str(landmarks),
+        "audio": audio,
+        "out": str(out / "video.mp4"),
+        "steps": args.steps,
+        "grid": True,
+    }
+    generate(GenerateSettings.from_config(values, Path.cwd()))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,13 @@ AniPortrait key facts (from its ``src/models``):
 The UNet keys therefore map one to one; the converter's value is the strict check (every key of
 our models filled, no source key silently dropped) and the diffusers folders it writes.
 
+With ``--vae DIR --image-encoder DIR`` (AniPortrait's ``sd-vae-ft-mse`` and the ``image_encoder`` of
+``lambdalabs/sd-image-variations-diffusers``) DST is instead a complete model folder that
+``python -m lmk2video.generate model=DST`` loads: the three converted components plus the VAE and image
+encoder (strictly loaded), CLIP's image processor, AniPortrait's DDIM scheduler
+(:data:`ANIPORTRAIT_SCHEDULER`: v-prediction, zero-terminal-SNR rescale, trailing spacing), its
+landmark drawing style (``aniportrait``) and 512 x 512 output.
+
 ``--config`` (JSON, all sections optional) sets the architecture when the weights are not SD1.5-sized:
 ``{"unet": {diffusers UNet config values}, "motion_module": {MotionModuleConfig values},
 "pose_guider": {"num_attention_heads": 16, "norm_num_groups": 32}}``.
@@ -51,6 +58,18 @@ from lmk2video.models.denoising_unet import MOTION_KEY, DenoisingUNet, config_fr
 from lmk2video.models.motion_module import MotionModuleConfig
 from lmk2video.models.reference_unet import OUTPUT_HEAD_PREFIXES, ReferenceUNet
 from lmk2video.models.sd15 import sd15_unet_config
+
+# AniPortrait's configs/inference/inference_v2.yaml noise_scheduler_kwargs (sampler DDIM).
+ANIPORTRAIT_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "linear",
+    "clip_sample": False,
+    "steps_offset": 1,
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+}
 
 ANIPORTRAIT_FILES = {
     "denoising_unet": "denoising_unet.pth",
@@ -211,8 +230,13 @@ def convert_aniportrait(
     dst: str | os.PathLike,
     config: Mapping[str, Mapping[str, Any]] | None = None,
     overwrite: bool = False,
+    vae: str | os.PathLike | None = None,
+    image_encoder: str | os.PathLike | None = None,
 ) -> Path:
     """Convert AniPortrait's four ``.pth`` files in ``src`` into model folders under ``dst``.
+
+    ``vae`` and ``image_encoder`` (both or neither): make ``dst`` a complete model folder (see the module
+    docstring) instead of the three component folders.
 
     ``config``: optional sections ``unet`` (diffusers UNet config values; default SD1.5),
     ``motion_module`` (MotionModuleConfig values; default AnimateDiff v2 = AniPortrait) and
@@ -230,7 +254,12 @@ def convert_aniportrait(
         )
     if dst.exists() and not overwrite:
         raise UserError(f"{dst} already exists; choose a new output folder or pass --overwrite")
+    if (vae is None) != (image_encoder is None):
+        raise UserError(
+            "--vae and --image-encoder go together (a complete model folder needs both); pass both or neither"
+        )
     ensure_writable_dir(dst)
+    extra = _pipeline_parts(vae, image_encoder) if vae is not None else None
 
     unet_config = sd15_unet_config(**config.get("unet", {}))
     motion_config = MotionModuleConfig.from_dict(config.get("motion_module", {})).to_dict()
@@ -283,11 +312,54 @@ def convert_aniportrait(
     )
 
     with atomic_folder(dst, overwrite) as tmp:
-        denoising.save_pretrained(tmp / "denoising_unet")
-        reference.save_pretrained(tmp / "reference_unet")
-        pose_guider.save_pretrained(tmp / "pose_guider")
+        if extra is None:
+            denoising.save_pretrained(tmp / "denoising_unet")
+            reference.save_pretrained(tmp / "reference_unet")
+            pose_guider.save_pretrained(tmp / "pose_guider")
+        else:
+            pipe = _complete_pipeline(extra, reference, denoising, pose_guider)
+            pipe.save_pretrained(tmp)
+            report.append(f"vae: {vae}")
+            report.append(f"image_encoder: {image_encoder}")
+            report.append(f"scheduler: DDIMScheduler {json.dumps(ANIPORTRAIT_SCHEDULER)}")
         (tmp / REPORT_NAME).write_text("\n".join(report) + "\n")
     return dst / REPORT_NAME
+
+
+def _pipeline_parts(vae: str | os.PathLike, image_encoder: str | os.PathLike) -> dict[str, Any]:
+    """The VAE and image encoder of a complete AniPortrait model folder, strictly loaded."""
+    from lmk2video.init import _image_encoder, _vae
+
+    vae_path, encoder_path = Path(vae).expanduser(), Path(image_encoder).expanduser()
+    for flag, path in (("--vae", vae_path), ("--image-encoder", encoder_path)):
+        if not path.exists():
+            raise UserError(f"{flag} {path} does not exist; check the path")
+    return {"vae": _vae({}, vae_path, None), "image_encoder": _image_encoder({}, encoder_path)}
+
+
+def _complete_pipeline(parts: Mapping[str, Any], reference: Any, denoising: Any, pose_guider: Any) -> Any:
+    from diffusers import DDIMScheduler
+    from transformers import CLIPImageProcessorPil
+
+    from lmk2video.pipeline import LandmarkVideoPipeline
+
+    size = int(parts["image_encoder"].config.image_size)
+    pipe = LandmarkVideoPipeline(
+        vae=parts["vae"],
+        image_encoder=parts["image_encoder"],
+        feature_extractor=CLIPImageProcessorPil(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        ),
+        reference_unet=reference.eval(),
+        denoising_unet=denoising.eval(),
+        pose_guider=pose_guider.eval(),
+        scheduler=DDIMScheduler(**ANIPORTRAIT_SCHEDULER),
+        landmark_style="aniportrait",
+        width=512,
+        height=512,
+    )
+    pipe.check_components("the converted AniPortrait model")
+    return pipe
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -311,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     ani.add_argument(
         "--config", default=None, help="JSON with optional 'unet', 'motion_module', 'pose_guider' sections"
     )
+    ani.add_argument(
+        "--vae", default=None, help="AutoencoderKL folder (sd-vae-ft-mse): write a complete model"
+    )
+    ani.add_argument(
+        "--image-encoder", default=None, help="CLIPVisionModelWithProjection folder: write a complete model"
+    )
     ani.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     return parser
 
@@ -318,7 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    report = convert_aniportrait(args.src, args.dst, _read_config(args.config), overwrite=args.overwrite)
+    report = convert_aniportrait(
+        args.src,
+        args.dst,
+        _read_config(args.config),
+        overwrite=args.overwrite,
+        vae=args.vae,
+        image_encoder=args.image_encoder,
+    )
     print(f"wrote {report.parent} (see {report.name})")
     return 0
 

@@ -220,3 +220,47 @@ def test_round_trip_through_the_cli(tmp_path: Path, capsys) -> None:
         "reference_unet",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "src", "tiny.json"]
+
+
+def test_complete_model_folder_loads_in_the_generation_pipeline(tmp_path: Path) -> None:
+    """--vae and --image-encoder make DST a complete model folder with AniPortrait's scheduler and style."""
+    from lmk2video.models.pose_guider import PoseGuider, convert_to_aniportrait_pose_guider
+    from lmk2video.pipeline import load_pipeline
+    from tests.l2v_models import tiny_pipeline
+
+    parts = tiny_pipeline(motion=False)
+    parts.vae.save_pretrained(tmp_path / "vae")
+    parts.image_encoder.save_pretrained(tmp_path / "image_encoder")
+    states = _aniportrait_unet_state_dicts(seed=3)
+    guider = PoseGuider(
+        unet_block_out_channels=TINY_UNET["block_out_channels"],
+        block_out_channels=(16, 32, 64, 128),
+        norm_num_groups=TINY_POSE_GUIDER["norm_num_groups"],
+        num_attention_heads=TINY_POSE_GUIDER["num_attention_heads"],
+        attention_head_dim=4,
+        reference_attention=True,
+        architecture="aniportrait",
+    )
+    states["pose_guider"] = convert_to_aniportrait_pose_guider(randomize_(guider, seed=4).state_dict())
+    src = _write_source(tmp_path / "src", states)
+    dst = tmp_path / "model"
+    config = str(_tiny_config(tmp_path))
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["aniportrait", str(src), str(dst), "--config", config, "--vae", str(tmp_path / "vae")])
+    assert exit_info.value.code == 2 and not dst.exists()
+
+    args = ["--vae", str(tmp_path / "vae"), "--image-encoder", str(tmp_path / "image_encoder")]
+    assert main(["aniportrait", str(src), str(dst), "--config", config, *args]) == 0
+    pipe = load_pipeline(dst, device="cpu", dtype=torch.float32)
+    assert pipe.config.landmark_style == "aniportrait"
+    assert (pipe.config.width, pipe.config.height) == (512, 512)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert (
+        pipe.scheduler.config.rescale_betas_zero_snr and pipe.scheduler.config.timestep_spacing == "trailing"
+    )
+    assert_weights_equal(pipe.denoising_unet, {**states["denoising_unet"], **states["motion_module"]})
+    assert_weights_equal(pipe.reference_unet, states["reference_unet"])
+    assert_weights_equal(pipe.pose_guider, guider.state_dict())
+    assert_weights_equal(pipe.vae, parts.vae.state_dict())
+    assert "vae: " in (dst / REPORT_NAME).read_text()
