@@ -85,7 +85,9 @@ def _vae(model: Mapping[str, Any], vae_path: Path | None, sd15_path: Path | None
 
     from lmk2video.pipeline import load_pretrained_strict
 
-    if model.get("vae") is None:  # a pixel-space model
+    # A pixel-space model: `vae: null` in the model config. (Without a `vae` key at all, e.g. the converter
+    # asking for the VAE of a given folder, the folder decides.)
+    if "vae" in model and model["vae"] is None:
         if vae_path is not None:
             raise UserError(
                 "model.vae is null (a pixel-space model, no VAE) but model.pretrained.vae_path is set; "
@@ -94,6 +96,8 @@ def _vae(model: Mapping[str, Any], vae_path: Path | None, sd15_path: Path | None
         return None
     folder = vae_path if vae_path is not None else (sd15_path / "vae" if sd15_path is not None else None)
     if folder is None:
+        if model.get("vae") is None:
+            raise UserError("no VAE: give model.vae (an AutoencoderKL config) or model.pretrained.vae_path")
         return AutoencoderKL(**model["vae"])
     if not (folder / "config.json").is_file():
         raise UserError(

@@ -24,7 +24,7 @@ from common.errors import UserError
 from common.index import load_index
 from common.lmkfile import LandmarkSequence
 from common.video import read_frames
-from lmk2video.pipeline import LandmarkVideoPipeline, load_pipeline
+from lmk2video.pipeline import LandmarkVideoPipeline
 from lmk2video.train import run
 from tests.conftest import PROJECT_ROOT
 from tests.l2v_corpus import VAL_SPEAKER, corpus_index
@@ -139,29 +139,25 @@ def test_tiny_stage1_fast_dev_run_validates_renders_and_exports(stage1, index) -
 
 
 def test_export_renders_through_generate(stage1, index, face_model) -> None:
-    """The exported folder is what ``lmk2video.generate model=DIR`` loads: a portrait and 3 landmark frames."""
+    """The exported folder is what ``python -m lmk2video.generate model=DIR`` loads: a portrait, 3 landmark
+    frames. (Through the CLI: in the test process, after many other tests, MediaPipe here was killed by a
+    SIGPROF nobody in Python armed.)"""
     import cv2
-
-    from lmk2video.generate import GenerateSettings, generate
 
     clip = next(c for c in load_index(index) if c.speaker == VAL_SPEAKER)
     work = stage1["work"]
     cv2.imwrite(str(work / "portrait.png"), cv2.cvtColor(read_frames(clip.video, [0])[0], cv2.COLOR_RGB2BGR))
     LandmarkSequence.load(clip.landmarks).select(slice(1, 4)).save(work / "talk.npz")
-    out = generate(
-        GenerateSettings(
-            model=str(stage1["export"]),
-            reference=str(work / "portrait.png"),
-            landmarks=str(work / "talk.npz"),
-            out=str(work / "talk.mp4"),
-            steps=2,
-            face_model=str(face_model),
-            progress=False,
-        )
-    )
-    frames = read_frames(out, [0, 1, 2])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    env["TALKING_PORTRAIT_FACE_MODEL"] = str(face_model)
+    result = subprocess.run(
+        [sys.executable, "-m", "lmk2video.generate", f"model={stage1['export']}", "reference=portrait.png",
+         "landmarks=talk.npz", "out=talk.mp4", "steps=2", "progress=false", f"hydra.run.dir={work / 'gen'}"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    frames = read_frames(work / "talk.mp4", [0, 1, 2])
     assert frames.shape == (3, 64, 64, 3) and frames.std() > 0
-    assert load_pipeline(str(stage1["export"])).config.height == 64
 
 
 def test_tiny_stage2_fast_dev_run_from_the_stage1_export_trains_motion_modules_only(
@@ -234,12 +230,10 @@ def test_resumed_run_continues_with_the_losses_and_weights_of_an_uninterrupted_o
             torch.testing.assert_close(getattr(b, name).state_dict()[key], value, rtol=1e-5, atol=1e-7)
 
 
-def test_validation_video_goes_to_wandb_offline_and_the_run_is_finished(index, face_model, tmp_path) -> None:
+def test_validation_video_goes_to_wandb_offline(index, face_model, tmp_path) -> None:
     """Validation every N steps logs loss, the landmark-following scores and the video (csv path, wandb
-    video); wandb runs offline and is finished even though the run ended normally."""
-    import wandb
-
-    overrides = [
+    video); wandb runs offline. (A subprocess: wandb's service does not belong in the test process.)"""
+    result = cli(
         "experiment=tiny_stage1",
         *data_overrides(index),
         "logger=csv_wandb",
@@ -249,11 +243,9 @@ def test_validation_video_goes_to_wandb_offline_and_the_run_is_finished(index, f
         "trainer.enable_model_summary=false",
         "val.frames=2",
         f"val.face_model={face_model}",
-    ]
-    with composed(overrides, tmp_path / "run") as cfg:
-        assert cfg.logger.wandb.offline
-        run(cfg)
-    assert wandb.run is None
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     logged = {k for row in rows for k, v in row.items() if v}
@@ -263,6 +255,7 @@ def test_validation_video_goes_to_wandb_offline_and_the_run_is_finished(index, f
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     assert list(offline[0].glob("files/media/videos/val/video_*.mp4"))
+    assert list(offline[0].glob("run-*.wandb"))
 
 
 def test_bf16_mixed_precision_trains_validates_and_exports_float32(index, tmp_path) -> None:
