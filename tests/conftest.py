@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,10 @@ def pytest_configure(config) -> None:
     import torch
 
     torch.set_num_threads(1)
+    # A stray SIGPROF (a profiling timer some native library arms late in a long run) would kill the whole
+    # test process with exit 155 and no report; nothing in the suite profiles, so ignore the signal.
+    if hasattr(signal, "SIGPROF"):
+        signal.signal(signal.SIGPROF, signal.SIG_IGN)
 
 
 SHARED_DIR = PROJECT_ROOT.parent / "shared"
