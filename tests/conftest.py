@@ -79,3 +79,15 @@ def detect_frames(video: Path, model: Path, max_frames: int | None = None):
 def detected_clip(face_model):
     """The first 90 frames of a shared talking clip, detected once per session."""
     return detect_frames(shared_file("talking", "feifeili_clip3.mp4"), face_model, max_frames=90)
+
+
+@pytest.fixture(autouse=True)
+def _loggers_enabled():
+    """In-process Hydra runs may configure logging with ``disable_existing_loggers``; later tests read our
+    loggers through caplog, so switch them back on after every test."""
+    yield
+    import logging
+
+    for logger in logging.Logger.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger) and logger.disabled:
+            logger.disabled = False
