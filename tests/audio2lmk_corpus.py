@@ -8,10 +8,8 @@ written as videos with a same-named wav beside them and prepared with ``common.c
 from __future__ import annotations
 
 import contextlib
-import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -20,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from common.config import CONF_DIR, EXPERIMENTS_DIR
-from tests.conftest import shared_file
+from tests.corpus import build_excerpt_corpus
 
 CLIPS = {"Obama_clip1": "Obama", "andrew_clip_1": "andrew", "feifeili_clip3": "feifeili"}
 CLIP_FRAMES = 60
@@ -29,27 +27,7 @@ EXPERIMENTS = sorted(p.stem for p in (EXPERIMENTS_DIR / "audio2lmk" / "experimen
 
 def build_tiny_corpus(root: Path, face_model: Path) -> Path:
     """Prepare the tiny corpus under ``root`` (skipped when its index exists); returns the index path."""
-    from common.corpus import ensure_preprocessed, write_wav
-    from common.video import iter_frames, write_video
-
-    index = root / "data" / "index.json"
-    if index.is_file():
-        return index
-    videos = root / "videos"
-    videos.mkdir(parents=True, exist_ok=True)
-    for name in CLIPS:
-        frames = []
-        for i, (_, rgb) in enumerate(iter_frames(shared_file("talking", f"{name}.mp4"))):
-            if i >= CLIP_FRAMES:
-                break
-            frames.append(rgb)
-        write_video(videos / f"{name}.mp4", [np.stack(frames)], fps=30)
-        with wave.open(str(shared_file("talking", f"{name}.wav"))) as w:
-            pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
-        write_wav(videos / f"{name}.wav", pcm[: CLIP_FRAMES * 16000 // 30])
-    return ensure_preprocessed(
-        str(videos), str(root / "data"), face_model=str(face_model), num_workers=1, progress=False
-    )
+    return build_excerpt_corpus(root, face_model, CLIPS, CLIP_FRAMES)
 
 
 def tiny_corpus_index(tmp_path_factory: pytest.TempPathFactory, face_model: Path) -> Path:
