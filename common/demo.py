@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         out / n for n in ("clip.npz", "excerpt.npz", "edited.npz", "retargeted.npz")
     )
 
-    print(f"[1/3] extracting landmarks from {args.video}")
+    print(f"[1/5] extracting landmarks from {args.video}")
     lmk(["extract", args.video, "-o", str(full)])
     lmk(["info", str(full)])
 
