@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 # CPU/CUDA build of PyTorch is chosen by pip; pin it so that machines with a local wheel use it.
 TORCH ?= torch==2.13.0
+# Extras installed into .venv: everything the test suite uses, so that CI runs every test instead of
+# skipping it (tests may skip only for what a user's machine may lack: a GPU, ../shared).
+EXTRAS ?= dev
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -13,11 +16,11 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m common.demo
+	$(PY) -m lmk2video.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

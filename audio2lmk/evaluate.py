@@ -29,7 +29,7 @@ from audio2lmk.baselines import LoudnessBaseline, still_offsets
 from audio2lmk.data import ClipStore
 from audio2lmk.inference import LoadedAudio2Lmk, audio_to_landmarks, load_audio2lmk
 from audio2lmk.metrics import Audio2LmkMetrics
-from common.atomic import atomic_output
+from common.atomic import atomic_output, check_output
 from common.config import CONF_DIR
 from common.errors import UserError, exit_on_user_error
 from common.geometry import absolute_to_relative
@@ -140,6 +140,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     out = work_dir / Path(cfg.out).expanduser() if cfg.out else None
     if out is not None and out.suffix.lower() != ".json":
         raise UserError(f"out={cfg.out}: the report is JSON; choose a name ending in .json")
+    if out is not None:
+        check_output(out, cfg.overwrite)
     loaded = load_audio2lmk(work_dir / Path(cfg.model).expanduser(), device=cfg.device)
     data = loaded.info.get("data", {})
     index = work_dir / Path(cfg.index).expanduser() if cfg.index else data.get("index")

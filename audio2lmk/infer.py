@@ -9,7 +9,8 @@ file; ``seed=null`` draws it at random). Relative paths are taken from the launc
 
 ``python -m common.lmk render OUT.npz -o OUT.mp4 --audio FILE`` shows it. Bad input (unreadable,
 empty, silent or too short audio, no face in the reference image, a bad model folder, an
-unwritable output) exits with status 2 and one ``error:`` line, and writes nothing. Hydra entry
+unwritable output) exits with status 2 and one ``error:`` line, and writes nothing; an existing output is
+kept unless ``overwrite=true``. Hydra entry
 point; options in ``conf/audio2lmk/infer.yaml`` (see :func:`audio2lmk.inference.audio_to_landmarks`).
 """
 
@@ -40,17 +41,15 @@ def _path(cfg: DictConfig, key: str) -> Path:
 @exit_on_user_error
 def main(cfg: DictConfig) -> str:
     from audio2lmk.inference import audio_to_landmarks, load_audio2lmk
-    from common.atomic import ensure_writable_dir
+    from common.atomic import check_output
     from common.audio import load_audio
-    from common.lmk import load_reference
+    from common.detect import load_reference
 
     model_dir, audio_path = _path(cfg, "model"), _path(cfg, "audio")
     reference_path, out = _path(cfg, "reference"), _path(cfg, "out")
     if out.suffix != ".npz":
         raise UserError(f"out={cfg.out}: landmark files end in .npz; choose a name like {out.stem}.npz")
-    if out.is_dir():
-        raise UserError(f"out={cfg.out} is a folder; give a file name ending in .npz")
-    ensure_writable_dir(out)
+    check_output(out, cfg.overwrite)
     pose = str(cfg.pose)
     if pose not in ("model", "still"):
         pose = str(_path(cfg, "pose"))

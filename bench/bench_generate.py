@@ -38,9 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.config import CONF_DIR, EXPERIMENTS_DIR  # noqa: E402
+from common.logs import quiet_libraries  # noqa: E402
+from lmk2video.building import build_pipeline  # noqa: E402
 from lmk2video.context import context_windows  # noqa: E402
-from lmk2video.init import build_pipeline  # noqa: E402
-from lmk2video.pipeline import LandmarkVideoPipeline, quiet_libraries  # noqa: E402
+from lmk2video.pipeline import LandmarkVideoPipeline  # noqa: E402
 
 SD15_TFLOP_PER_FRAME = 0.67  # one SD1.5 UNet forward at 512x512 (64x64 latents), the brief's figure
 

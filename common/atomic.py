@@ -26,6 +26,30 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return parent
 
 
+def check_output(path: str | os.PathLike, overwrite: bool, how: str = "overwrite=true") -> Path:
+    """Check before any work that ``path`` can be written (nothing is created).
+
+    An existing file is kept unless ``overwrite`` (``how`` says how the user asks for that: ``overwrite=true``
+    for Hydra commands, ``--overwrite`` for the others); an existing folder, a folder under a regular file
+    and a folder that cannot be written to are errors naming the path.
+    """
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UserError(f"{target} is a folder; give a file name for the output")
+    if target.exists() and not overwrite:
+        raise UserError(f"{target} already exists; choose another output name or pass {how} to replace it")
+    folder = target.resolve().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(
+            f"cannot write {target}: {folder} is a file, not a folder; choose another output path"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {target}: {folder} is not writable; choose another output path")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.

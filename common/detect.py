@@ -454,3 +454,15 @@ def extract(path: str | os.PathLike, **kwargs) -> LandmarkSequence:
         return extract_image(path, **image_kwargs)
     kwargs.pop("fps", None)
     return extract_video(path, **kwargs)
+
+
+def load_reference(path: str | Path, model_path: str | None = None) -> LandmarkSequence:
+    """A reference face from an image (detected) or a landmark file (its first frame)."""
+    from common.video import IMAGE_SUFFIXES
+
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        return LandmarkSequence.load(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return extract_image(path, model_path=model_path)
+    raise UserError(f"{path}: a reference is an image ({', '.join(IMAGE_SUFFIXES)}) or a landmark .npz file")

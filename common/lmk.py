@@ -1,7 +1,7 @@
 """``python -m common.lmk``: extract, inspect, render, edit and retarget landmark files.
 
 Every subcommand exits with status 2 and one clear message on bad input, and writes its output
-atomically (nothing is left behind on failure).
+atomically (nothing is left behind on failure). An existing output is kept unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from common.atomic import check_output
+from common.detect import load_reference
 from common.errors import UserError, exit_on_user_error
 from common.lmkfile import LandmarkSequence
 
@@ -29,20 +30,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         raise UserError(f"--size {text!r}: width and height must be positive")
     return h, w
-
-
-def load_reference(path: str | Path, model_path: str | None = None) -> LandmarkSequence:
-    """A reference face from an image (detected) or a landmark file (its first frame)."""
-    from common.video import IMAGE_SUFFIXES
-
-    path = Path(path)
-    if path.suffix.lower() == ".npz":
-        return LandmarkSequence.load(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        from common.detect import extract_image
-
-        return extract_image(path, model_path=model_path)
-    raise UserError(f"{path}: a reference is an image ({', '.join(IMAGE_SUFFIXES)}) or a landmark .npz file")
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="detect landmarks in a video or image and write a landmark file")
     p.add_argument("input", help="video (.mp4, .mov, ...) or image (.jpg, .png, ...)")
     p.add_argument("-o", "--output", required=True, help="output landmark file (.npz)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.add_argument("--model", help="MediaPipe face_landmarker .task file (default: see README)")
     p.add_argument("--max-gap", type=float, default=0.5, help="longest face-less gap to interpolate, seconds")
     p.add_argument("--min-face-fraction", type=float, default=0.5, help="fail when fewer frames show a face")
@@ -197,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="draw a landmark preview video (with audio)")
     p.add_argument("file")
     p.add_argument("-o", "--output", required=True, help="output video (.mp4)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.add_argument("--audio", help="audio file muxed into the video (cut or padded to its length)")
     p.add_argument("--size", help="WIDTHxHEIGHT (default: the file's image size)")
     p.add_argument("--style", default="default", help="drawing style (default, aniportrait)")
@@ -206,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("edit", help="smooth, scale the mouth, replace the pose, resample or trim")
     p.add_argument("file")
     p.add_argument("-o", "--output", required=True, help="output landmark file (.npz)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.add_argument("--trim", help="A:B in seconds (2.5) or frames (30f); either side may be empty")
     p.add_argument("--fps", type=float, help="resample to this frame rate")
     p.add_argument("--smooth", type=int, help="temporal smoothing window in frames (1 = unchanged)")
@@ -219,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="landmark file to take expression and motion from")
     p.add_argument("--reference", required=True, help="reference image or landmark file (its first frame)")
     p.add_argument("-o", "--output", required=True, help="output landmark file (.npz)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.add_argument("--model", help="MediaPipe face_landmarker .task file for an image reference")
     p.set_defaults(func=cmd_retarget)
     return parser
@@ -228,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if getattr(args, "output", None) is not None:
+        check_output(args.output, args.overwrite, "--overwrite")
     args.func(args)
 
 

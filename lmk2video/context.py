@@ -42,6 +42,24 @@ def check_context(context_frames: int, context_overlap: int, context_stride: int
         raise UserError(f"context_stride={context_stride} must be at least 1 (1 = no dilated windows)")
 
 
+def fit_context(
+    context_frames: int, context_overlap: int, limit: int | None, *, strict: bool, source: str = "the model"
+) -> tuple[int, int]:
+    """Window length and overlap that the motion modules accept (``limit``: their ``max_position``; None: any).
+
+    ``strict``: a longer window is a :class:`UserError` (the user asked for it); else it is shortened to
+    ``limit`` and the overlap kept below it (validation and evaluation, which use what the model allows).
+    """
+    if limit is None or context_frames <= limit:
+        return int(context_frames), int(context_overlap)
+    if strict:
+        raise UserError(
+            f"context_frames={context_frames} is longer than the motion modules' max_position={limit} "
+            f"({source}); set context_frames={limit} or less"
+        )
+    return int(limit), min(int(context_overlap), int(limit) - 1)
+
+
 def _tile(frames: list[int], size: int, overlap: int) -> list[list[int]]:
     """Windows of ``size`` consecutive entries of ``frames``, every ``size - overlap``, the last end-aligned."""
     if len(frames) <= size:

@@ -328,13 +328,13 @@ def convert_aniportrait(
 
 def _pipeline_parts(vae: str | os.PathLike, image_encoder: str | os.PathLike) -> dict[str, Any]:
     """The VAE and image encoder of a complete AniPortrait model folder, strictly loaded."""
-    from lmk2video.init import _image_encoder, _vae
+    from lmk2video.building import build_image_encoder, build_vae
 
     vae_path, encoder_path = Path(vae).expanduser(), Path(image_encoder).expanduser()
     for flag, path in (("--vae", vae_path), ("--image-encoder", encoder_path)):
         if not path.exists():
             raise UserError(f"{flag} {path} does not exist; check the path")
-    return {"vae": _vae({}, vae_path, None), "image_encoder": _image_encoder({}, encoder_path)}
+    return {"vae": build_vae({}, vae_path, None), "image_encoder": build_image_encoder({}, encoder_path)}
 
 
 def _complete_pipeline(parts: Mapping[str, Any], reference: Any, denoising: Any, pose_guider: Any) -> Any:

@@ -83,7 +83,7 @@ class LossSettings:
 
 @dataclasses.dataclass
 class ValidationSettings:
-    """What validation renders (``val`` in ``conf/lmk2video/train.yaml``); see ``lmk2video.generate``.
+    """What validation renders (``val`` in ``conf/lmk2video/train.yaml``) through :mod:`lmk2video.rendering`.
 
     ``frames`` landmark frames of the validation excerpt, ``steps`` sampler steps, guidance ``cfg``, noise
     ``seed``, context windows, ``use_ema`` (render with the EMA weights when EMA is on), ``video`` (False:
@@ -99,6 +99,12 @@ class ValidationSettings:
     use_ema: bool = True
     video: bool = True
     face_model: str | None = None
+
+    def sampler(self) -> Any:
+        """The :class:`lmk2video.rendering.SamplerOptions` of these settings."""
+        from lmk2video.rendering import SamplerOptions
+
+        return SamplerOptions.from_values(dataclasses.asdict(self))
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -215,7 +221,7 @@ class LandmarkVideoModule(pl.LightningModule):
     """lmk2video training (see the module docstring).
 
     Args:
-        pipeline: the model to train (:func:`lmk2video.init.load_or_build`); its components become this
+        pipeline: the model to train (:func:`lmk2video.building.load_or_build`); its components become this
             module's sub-modules.
         stage: 1 (denoising UNet 2-D part, reference UNet, pose guider) or 2 (motion modules).
         optimizer: a function ``parameters -> optimizer`` (Hydra ``_partial_``; default AdamW, lr 1e-5).
@@ -354,7 +360,7 @@ class LandmarkVideoModule(pl.LightningModule):
 
     def export(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the model folder ``lmk2video.generate model=DIR`` loads (EMA weights when EMA is on)."""
-        from lmk2video.init import write_model_folder
+        from lmk2video.building import write_model_folder
 
         with self.averaged_weights():
             path = write_model_folder(self.pipeline(), out, overwrite=overwrite)
@@ -547,7 +553,7 @@ class LandmarkVideoModule(pl.LightningModule):
             frames, points = self.render_validation(path)
         self._log_video(path)
         if settings.face_model is not None:
-            from lmk2video.evaluate import landmark_following
+            from lmk2video.following import landmark_following
 
             scores = landmark_following(frames, points, settings.face_model)
             self.log("val/face_detection_rate", scores.detection_rate, rank_zero_only=True)
@@ -561,48 +567,33 @@ class LandmarkVideoModule(pl.LightningModule):
 
     @torch.no_grad()
     def render_validation(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-        """Render the validation excerpt through ``lmk2video.generate``'s path; write a grid video to ``path``.
+        """Render the validation excerpt as ``generate`` would (:func:`lmk2video.rendering.render`); write a grid
+        video to ``path``.
 
         Returns the generated frames (F, H, W, 3) and the conditioning landmarks in output pixels (F, 468, 2).
         """
         from common.video import VideoWriter
-        from lmk2video.framing import frame_landmarks
-        from lmk2video.generate import GenerateSettings, render
+        from lmk2video.rendering import render
 
         settings = self.validation_settings
         excerpt = self.validation_excerpt()
         size = (self.pipeline_settings["height"], self.pipeline_settings["width"])
-        limit = self.denoising_unet.config.motion_module
-        context = (
-            settings.context_frames if limit is None else min(settings.context_frames, limit["max_position"])
-        )
-        options = GenerateSettings(
-            steps=settings.steps,
-            cfg=settings.cfg,
-            context_frames=context,
-            context_overlap=min(settings.context_overlap, context - 1),
-        )
+        pipe = self.pipeline()
+        options = settings.sampler().fit(pipe, strict=False)
         generator = torch.Generator("cpu").manual_seed(settings.seed)
         was_training = self.training
         self.eval()
         try:
             with self.averaged_weights(settings.use_ema):
                 rendering = render(
-                    self.pipeline(),
-                    excerpt.image,
-                    excerpt.reference,
-                    excerpt.sequence,
-                    options,
-                    size,
-                    generator,
+                    pipe, excerpt.image, excerpt.reference, excerpt.sequence, options, size, generator
                 )
                 frames = np.concatenate(list(rendering.frames))
         finally:
             self.train(was_training)
         with VideoWriter(path, fps=excerpt.sequence.fps) as writer:
             writer.write(rendering.grid(frames, 0))
-        points, _ = frame_landmarks(excerpt.sequence, excerpt.reference, rendering.framing)
-        return frames, points
+        return frames, rendering.output_points(excerpt.sequence, excerpt.reference)
 
     def _log_video(self, path: Path) -> None:
         for logger in self.loggers:

@@ -67,7 +67,7 @@ from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection, P
 from common.draw import get_style
 from common.errors import UserError
 from common.weights import format_keys
-from lmk2video.context import context_windows, window_weights
+from lmk2video.context import context_windows, fit_context, window_weights
 from lmk2video.models.denoising_unet import DenoisingUNet
 from lmk2video.models.pose_guider import PoseGuider
 from lmk2video.models.reference_attention import ReferenceBank
@@ -438,12 +438,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             raise ValueError(
                 f"latents {tuple(latents.shape)} do not match {num_frames} frames of {h}x{w} latents"
             )
-        limit = self.max_context_frames
-        if limit is not None and min(context_frames, num_frames) > limit:
-            raise UserError(
-                f"context_frames={context_frames} is longer than the motion modules' max_position={limit}; "
-                f"set context_frames={limit} or less"
-            )
+        fit_context(min(context_frames, num_frames), context_overlap, self.max_context_frames, strict=True)
         windows = context_windows(num_frames, context_frames, context_overlap, context_stride)
         window_tensors = [torch.tensor(win, device=device) for win in windows]
         weights = [
@@ -693,17 +688,6 @@ def _clean(message: str) -> str:
 def _describe(err: Exception) -> str:
     """One line for a loader's exception: its type and cleaned message."""
     return f"{type(err).__name__}: {_clean(str(err))}"
-
-
-def quiet_libraries() -> None:
-    """Errors only from diffusers' and transformers' loggers, no loading progress bars (for the CLIs, whose
-    own messages and :class:`UserError` lines would otherwise drown in load reports)."""
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    for library in (diffusers_logging, transformers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
 
 
 def load_pipeline(

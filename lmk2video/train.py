@@ -28,8 +28,8 @@ def _resolve(work_dir: Path, value: str | None) -> Path | None:
 
 def build(cfg: DictConfig) -> tuple[object, object]:
     """The module and data module a composed ``train`` config describes."""
+    from lmk2video.building import load_or_build
     from lmk2video.data import LandmarkVideoDataModule
-    from lmk2video.init import load_or_build
     from lmk2video.module import LandmarkVideoModule
 
     work_dir = Path(cfg.paths.work_dir)
@@ -68,10 +68,8 @@ def run(cfg: DictConfig) -> float | None:
 
     work_dir = Path(cfg.paths.work_dir)
     export_dir = _resolve(work_dir, cfg.export_dir)
-    if export_dir is not None and export_dir.exists() and not cfg.overwrite_export:
-        raise UserError(
-            f"export_dir={export_dir} already exists; choose a new folder or pass overwrite_export=true"
-        )
+    if export_dir is not None and export_dir.exists() and not cfg.overwrite:
+        raise UserError(f"export_dir={export_dir} already exists; choose a new folder or pass overwrite=true")
     if cfg.ckpt_path is not None and not _resolve(work_dir, cfg.ckpt_path).is_file():
         raise UserError(
             f"ckpt_path={_resolve(work_dir, cfg.ckpt_path)} does not exist; pass a Lightning .ckpt"
@@ -83,7 +81,7 @@ def run(cfg: DictConfig) -> float | None:
         cfg.ckpt_path = str(_resolve(work_dir, cfg.ckpt_path))
     trainer, metrics = fit(cfg, module, datamodule)
     if export_dir is not None:
-        module.export_from_all_ranks(trainer, export_dir, overwrite=bool(cfg.overwrite_export))
+        module.export_from_all_ranks(trainer, export_dir, overwrite=bool(cfg.overwrite))
     log.info("metrics: %s", ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
     return metric_for_sweep(metrics, cfg.get("optimized_metric"))
 
@@ -91,7 +89,7 @@ def run(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR / "lmk2video"), config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    from lmk2video.pipeline import quiet_libraries
+    from common.logs import quiet_libraries
 
     quiet_libraries()
     return run(cfg)

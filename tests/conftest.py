@@ -27,6 +27,24 @@ def pytest_configure(config) -> None:
         signal.signal(signal.SIGPROF, signal.SIG_IGN)
 
 
+# What a test may skip for: things a user's machine (or CI's) may lack. Anything else the suite needs is
+# installed by `make test` (the Makefile's EXTRAS), so on CI any other skip is a failure.
+ALLOWED_SKIPS = ("../shared", "GPU", "CUDA", "as a user that can write anywhere")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped and isinstance(report.longrepr, tuple):
+        reason = report.longrepr[2]
+        if not any(allowed in reason for allowed in ALLOWED_SKIPS):
+            report.outcome = "failed"
+            report.longrepr = (
+                f"skipped on CI for a reason CI must not have: {reason} (install it in the Makefile)"
+            )
+
+
 SHARED_DIR = PROJECT_ROOT.parent / "shared"
 SHARED_DATA = SHARED_DIR / "data"
 

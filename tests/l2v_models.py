@@ -26,7 +26,7 @@ def tiny_model_config(motion: bool = True) -> dict[str, Any]:
 def tiny_pipeline(motion: bool = True, seed: int = 0):
     """A tiny pipeline whose UNets, motion modules and pose guider hold seeded noise, so that no layer is an
     identity or zero (the pose guider's zero convs included)."""
-    from lmk2video.init import build_pipeline
+    from lmk2video.building import build_pipeline
 
     torch.manual_seed(seed)
     pipe = build_pipeline(tiny_model_config(motion))

@@ -326,3 +326,16 @@ def test_cli_bad_inputs(model_dir, tmp_path, capsys, face_model):
         assert not list((tmp_path / "outs").glob(".*")) if (tmp_path / "outs").exists() else True, name
     code, err = run_inprocess([f"{k}={v}" for k, v in base.items()], tmp_path, capsys)
     assert code == 0 and out.is_file(), err
+    # a second run keeps the existing file unless overwrite=true
+    written = out.read_bytes()
+    code, err = run_inprocess([f"{k}={v}" for k, v in base.items()], tmp_path, capsys)
+    assert (
+        code == 2
+        and err.strip()
+        == f"error: {out} already exists; choose another output name or pass overwrite=true to replace it"
+    )
+    assert out.read_bytes() == written
+    code, err = run_inprocess(
+        [*(f"{k}={v}" for k, v in base.items()), "overwrite=true", "seed=5"], tmp_path, capsys
+    )
+    assert code == 0 and out.read_bytes() != written, err

@@ -8,6 +8,7 @@ every stage's search path; ``experiments/<stage>/experiment/NAME.yaml`` is selec
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from common.config import CONF_DIR, EXPERIMENTS_DIR, PROJECT_ROOT
+from common.config import CONF_DIR, EXPERIMENTS_DIR
+from tests.conftest import PROJECT_ROOT
 
 PRIMARY = sorted(p for p in CONF_DIR.glob("*/*.yaml"))
 EXPERIMENTS = sorted(EXPERIMENTS_DIR.glob("*/experiment/*.yaml"))
@@ -42,8 +44,12 @@ def _id(p: Path) -> str:
 @pytest.mark.parametrize("primary", PRIMARY, ids=_id)
 def test_primary_config_composes(primary):
     cfg = compose_resolved(primary.parent, primary.stem, [])
-    assert cfg.paths.root_dir == str(PROJECT_ROOT)
     assert cfg.task_name
+    # Data, caches and logs under the folder the command runs in; ../shared beside the checkout.
+    assert cfg.paths.root_dir == os.environ.get("TALKING_PORTRAIT_HOME", os.getcwd())
+    assert cfg.paths.data_dir == f"{cfg.paths.root_dir}/data"
+    assert cfg.paths.log_dir == f"{cfg.paths.root_dir}/logs"
+    assert Path(cfg.paths.shared_dir) == (PROJECT_ROOT.parent / "shared").resolve()
 
 
 def experiment_cases():
@@ -68,3 +74,45 @@ def test_shared_groups_exist():
         assert (CONF_DIR / "common" / "logger" / f"{logger}.yaml").is_file()
     for trainer in ("cpu", "gpu", "ddp"):
         assert (CONF_DIR / "common" / "trainer" / f"{trainer}.yaml").is_file()
+
+
+INFERENCE = ["audio2lmk/infer", "audio2lmk/evaluate", "lmk2video/init", "lmk2video/generate", "lmk2video/evaluate",
+             "common/preprocess"]  # fmt: skip
+TRAINING = ["audio2lmk/train", "lmk2video/train"]
+
+
+def compose_hydra(name: str, overrides: list[str]):
+    """The resolved ``hydra`` node of a primary config (``name``: ``stage/config``)."""
+    stage, config = name.split("/")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR / stage), version_base="1.3"):
+        cfg = compose(config_name=config, overrides=overrides, return_hydra_config=True)
+        OmegaConf.set_readonly(cfg.hydra, False)
+        cfg.hydra.runtime.output_dir = "/tmp/talking-portrait-compose"
+        cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        hydra = OmegaConf.to_container(cfg.hydra, resolve=True)
+    GlobalHydra.instance().clear()
+    return hydra
+
+
+def test_every_primary_config_is_an_inference_or_a_training_command() -> None:
+    assert sorted(INFERENCE + TRAINING) == sorted(f"{p.parent.name}/{p.stem}" for p in PRIMARY)
+
+
+@pytest.mark.parametrize("name", INFERENCE)
+def test_inference_commands_keep_no_run_folder_unless_log_dir_is_given(name: str) -> None:
+    quiet = compose_hydra(name, [])
+    assert quiet["run"]["dir"] == "." and quiet["output_subdir"] is None
+    assert quiet["job_logging"]["root"]["handlers"] == ["console"]
+    assert quiet["job_logging"]["handlers"]["console"]["stream"] == "ext://sys.stderr"
+    assert quiet["job_logging"]["handlers"]["file"]["delay"] is True  # defined, never opened
+    kept = compose_hydra(name, ["log_dir=runs/x"])
+    assert kept["run"]["dir"] == "runs/x" and kept["output_subdir"] == ".hydra"
+    assert kept["job_logging"]["root"]["handlers"] == ["console", "file"]
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_training_commands_keep_their_run_folders(name: str) -> None:
+    hydra = compose_hydra(name, [])
+    assert hydra["run"]["dir"].startswith(f"{os.getcwd()}/logs/") and hydra["output_subdir"] == ".hydra"

@@ -1,4 +1,4 @@
-"""``make demo`` (``python -m common.demo``): the whole job on the sample data with the models there are."""
+"""``make demo`` (``python -m lmk2video.demo``): the whole job on the sample data with the models there are."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_demo_without_models_runs_the_landmark_round_trip_and_says_what_it_needs
     )
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "common.demo", "--video", str(video), "--audio", str(audio), "--seconds", "1",
+        [sys.executable, "-m", "lmk2video.demo", "--video", str(video), "--audio", str(audio), "--seconds", "1",
          "--audio2lmk-model", str(tmp_path / "none_a"), "--lmk2video-model", str(tmp_path / "none_v"),
          "--out", str(out)],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
@@ -52,7 +52,7 @@ def test_demo_with_models_goes_from_speech_to_video(tmp_path, face_model) -> Non
     )
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "common.demo", "--video", str(video), "--audio", str(audio), "--seconds", "1",
+        [sys.executable, "-m", "lmk2video.demo", "--video", str(video), "--audio", str(audio), "--seconds", "1",
          "--speech", str(audio), "--audio2lmk-model", str(tmp_path / "a2l"), "--lmk2video-model",
          str(tmp_path / "l2v"), "--steps", "1", "--out", str(out)],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,

@@ -13,7 +13,7 @@ import pytest
 from common.detect import FaceDetector
 from common.index import load_index
 from lmk2video.data import load_excerpt
-from lmk2video.evaluate import evaluate, excerpt_targets, landmark_following
+from lmk2video.following import evaluate, excerpt_targets, landmark_following
 from tests.conftest import PROJECT_ROOT
 from tests.l2v_corpus import VAL_SPEAKER, corpus_index
 from tests.l2v_models import single_thread, tiny_pipeline

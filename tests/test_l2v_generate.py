@@ -17,7 +17,7 @@ import scipy.io.wavfile
 from common.errors import UserError
 from common.geometry import landmarks_to_geometry
 from common.lmkfile import LandmarkSequence
-from lmk2video.generate import GenerateSettings, generate
+from lmk2video.generation import GenerateSettings, generate
 from tests.conftest import PROJECT_ROOT, detect_frames, shared_file
 from tests.l2v_models import single_thread
 
@@ -42,7 +42,7 @@ def env(face_model: Path) -> dict[str, str]:
 
 def run_module(module: str, *args: str, cwd: Path, face_model: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", module, *args, f"hydra.run.dir={cwd / '.hydra_run'}"],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env(face_model),
         capture_output=True,
@@ -115,8 +115,14 @@ def settings(work: Path, face_model: Path, **changes) -> GenerateSettings:
 # ----------------------------------------------------------------------------------------- success
 
 
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
 def test_cli_writes_one_frame_per_landmark_frame_with_audio_and_a_grid(work, face_model) -> None:
-    """Relative paths are taken from the folder the command runs in."""
+    """Relative paths are taken from the folder the command runs in; the video is all it writes there
+    (no run folder, no log file: logs go to stderr)."""
+    before = files_under(work)
     result = run_module(
         "lmk2video.generate",
         "model=model",
@@ -131,9 +137,9 @@ def test_cli_writes_one_frame_per_landmark_frame_with_audio_and_a_grid(work, fac
         face_model=face_model,
     )
     assert result.returncode == 0, result.stderr
-    assert (
-        "retargeting" in result.stdout
-    )  # the landmarks came from another person's video (Hydra logs to stdout)
+    assert files_under(work) - before == {"cli", "cli/video.mp4"}
+    assert result.stdout == ""
+    assert "retargeting" in result.stderr  # the landmarks came from another person's video
     info = probe(work / "cli" / "video.mp4")
     assert info["frames"] == FRAMES and info["fps"] == FPS, info["times"]
     assert info["size"] == (3 * 64, 64)  # reference | landmarks | result
@@ -164,6 +170,37 @@ def test_audio_driven_landmarks_are_written_beside_the_video(work, face_model) -
     assert not (work / "audio2").exists()
 
 
+def test_existing_outputs_are_kept_unless_overwrite(work, face_model) -> None:
+    """A hand-edited OUT.npz beside the video is never replaced without overwrite=true; nor is the video."""
+    clip = LandmarkSequence.load(work / "clip.npz")
+    folder = work / "keep"
+    folder.mkdir()
+    shutil.copy(work / "clip.npz", folder / "video.npz")
+    edited = (folder / "video.npz").read_bytes()
+    audio_driven = settings(work, face_model, landmarks=None, out="keep/video.mp4")
+    with pytest.raises(UserError, match=r"video.npz already exists; .* overwrite=true"):
+        generate(audio_driven, lambda options, reference: clip)
+    assert (folder / "video.npz").read_bytes() == edited and not (folder / "video.mp4").exists()
+    (folder / "video.mp4").write_bytes(b"an older video")
+    with pytest.raises(UserError, match=r"video.mp4 already exists; .* overwrite=true"):
+        generate(settings(work, face_model, landmarks="keep/video.npz", out="keep/video.mp4"))
+    assert (folder / "video.mp4").read_bytes() == b"an older video"
+    audio_driven.overwrite = True
+    generate(audio_driven, lambda options, reference: clip)
+    assert probe(folder / "video.mp4")["frames"] == FRAMES
+
+
+def test_log_dir_keeps_a_run_folder_only_when_asked(work, face_model) -> None:
+    result = run_module(
+        "lmk2video.generate", "model=model", "reference=portrait.jpg", "landmarks=clip.npz", "out=logged/v.mp4",
+        "steps=1", "context_frames=8", "log_dir=runs/one", cwd=work, face_model=face_model,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = work / "runs" / "one"
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert "wrote" in (run / "generate.log").read_text()
+
+
 def test_cli_runs_audio2lmk_first_with_an_audio2lmk_model(work, face_model) -> None:
     """audio= without landmarks=: a real (tiny, random) audio2lmk model folder makes the landmarks."""
     from audio2lmk.inference import export_audio2lmk, load_audio2lmk
@@ -191,7 +228,7 @@ def test_cli_runs_audio2lmk_first_with_an_audio2lmk_model(work, face_model) -> N
     assert probe(work / "a2l_out" / "video.mp4")["frames"] == FRAMES
     # the same as audio2lmk.infer with the same inputs and seed (generate's default seed=42)
     from audio2lmk.inference import audio_to_landmarks
-    from common.lmk import load_reference
+    from common.detect import load_reference
 
     expected = audio_to_landmarks(
         load_audio2lmk(work / "a2l"), work / "clip.wav", load_reference(work / "portrait.jpg", str(face_model)),

@@ -16,7 +16,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from common.config import CONF_DIR, seed_everything
 from common.errors import UserError
-from lmk2video.init import build_pipeline, run
+from lmk2video.building import build_pipeline
+from lmk2video.init import run
 from lmk2video.models.denoising_unet import DenoisingUNet
 from lmk2video.pipeline import LandmarkVideoPipeline
 from tests.conftest import PROJECT_ROOT

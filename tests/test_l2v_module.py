@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from common.config import CONF_DIR
 from common.errors import UserError
-from lmk2video.init import add_motion_modules, build_pipeline
+from lmk2video.building import add_motion_modules, build_pipeline
 from lmk2video.models.denoising_unet import MOTION_KEY
 from lmk2video.module import EMA, LandmarkVideoModule, adamw_8bit, snr_weights, trainable_names
 from lmk2video.pipeline import LandmarkVideoPipeline

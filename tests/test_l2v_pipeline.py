@@ -341,3 +341,49 @@ def test_decoding_streams_chunks_of_the_requested_size() -> None:
     assert [c.shape for c in chunks] == [(2, SIZE, SIZE, 3), (2, SIZE, SIZE, 3), (1, SIZE, SIZE, 3)]
     single = np.concatenate(list(pipe.decode(latents, chunk=5)))
     np.testing.assert_allclose(np.concatenate(chunks).astype(int), single.astype(int), atol=1)
+
+
+# ------------------------------------------------------------------------------------------- sampler options
+
+
+def test_sampler_options_fit_the_motion_modules_one_way_for_every_caller() -> None:
+    """One clamp: strict (generate: the user asked for the window) refuses, lenient (validation, evaluation)
+    shortens the window and keeps the overlap below it; a model without motion modules takes any window."""
+    from types import SimpleNamespace
+
+    from lmk2video.rendering import SamplerOptions
+
+    options = SamplerOptions(context_frames=16, context_overlap=12)
+    motion = SimpleNamespace(max_context_frames=8)
+    fitted = options.fit(motion, strict=False)
+    assert (fitted.context_frames, fitted.context_overlap) == (8, 7)
+    assert fitted.steps == options.steps and fitted.cfg == options.cfg
+    with pytest.raises(
+        UserError, match=r"context_frames=16 .* max_position=8 \(MODEL\); set context_frames=8"
+    ):
+        options.fit(motion, strict=True, source="MODEL")
+    assert options.fit(SimpleNamespace(max_context_frames=None), strict=True) == options
+    assert options.fit(SimpleNamespace(max_context_frames=16), strict=True) == options
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"steps": 0}, "steps=0"),
+        ({"steps": 2.5}, "steps=2.5"),
+        ({"cfg": -1}, "cfg=-1"),
+        ({"cfg": True}, "cfg=True"),
+        ({"decode_chunk": 0}, "decode_chunk=0"),
+        ({"context_frames": 0}, "context_frames=0"),
+        ({"context_overlap": 16}, "context_overlap=16"),
+        ({"context_stride": 0}, "context_stride=0"),
+        ({"context_weighting": "cubic"}, "cubic"),
+        ({"pad_mode": "wrap"}, "pad_mode='wrap'"),
+    ],
+)
+def test_sampler_options_refuse_values_that_cannot_sample(changes, message) -> None:
+    from lmk2video.rendering import SamplerOptions
+
+    SamplerOptions().check()
+    with pytest.raises(UserError, match=message):
+        SamplerOptions(**changes).check()

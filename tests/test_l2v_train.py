@@ -296,7 +296,7 @@ def test_refusals_are_clear_before_training(index, tmp_path) -> None:
     (tmp_path / "taken").mkdir()
     base = ["experiment=tiny_stage1", *data_overrides(index)]
     cases = [
-        ([*base, f"export_dir={tmp_path / 'taken'}"], "overwrite_export=true"),
+        ([*base, f"export_dir={tmp_path / 'taken'}"], "overwrite=true"),
         ([*base, f"ckpt_path={tmp_path / 'missing.ckpt'}"], r"missing\.ckpt does not exist"),
         ([*base, "stage=2"], "has none"),
         (["experiment=tiny_stage1", "data.source_dir=null"], r"data\.index=DIR"),

@@ -181,3 +181,20 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, face_model, args, messag
     assert "Traceback" not in res.stderr
     assert len([line for line in res.stderr.splitlines() if line.startswith("error: ")]) == 1
     assert set(tmp_path.iterdir()) == before  # nothing written, no temp files left
+
+
+@pytest.mark.parametrize("command", ["edit", "render", "retarget"])
+def test_an_existing_output_is_kept_unless_overwrite(extracted, tmp_path, face_model, command):
+    out = tmp_path / ("out.mp4" if command == "render" else "out.npz")
+    out.write_bytes(b"a file the user made")
+    args = {"retarget": ["--reference", str(extracted)]}.get(command, [])
+    refused = run(command, str(extracted), "-o", str(out), *args)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert (
+        refused.stderr.strip()
+        == f"error: {out} already exists; choose another output name or pass --overwrite to replace it"
+    )
+    assert out.read_bytes() == b"a file the user made"
+    replaced = run(command, str(extracted), "-o", str(out), *args, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert out.read_bytes() != b"a file the user made" and not list(tmp_path.glob(".*"))

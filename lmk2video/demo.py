@@ -1,4 +1,4 @@
-"""``make demo``: speech -> landmarks -> video on the sample data, with the models that are there.
+"""``make demo`` (``python -m lmk2video.demo``): speech -> landmarks -> video on the sample data, with the models that are there.
 
 1. extract the 3D mesh and head pose from a real talking clip;
 2. edit them (smooth, exaggerate the mouth) and retarget them onto a portrait;
@@ -9,7 +9,7 @@
    ``models/lmk2video``): the speech-driven landmarks of step 4 (else the retargeted clip of step 2).
 
 Steps 4 and 5 need trained weights; without a model folder the demo says which command makes one
-and carries on. Outputs go to ``outputs/demo/`` (or ``--out``). Inputs default to ../shared beside
+and carries on. Outputs go to ``outputs/demo/`` (or ``--out``) and are replaced on every run. Inputs default to ../shared beside
 the checkout; ``--video``/``--audio``/``--portrait``/``--speech`` take your own files.
 """
 
@@ -20,10 +20,10 @@ import logging
 import os
 from pathlib import Path
 
-from common.config import PROJECT_ROOT
+from common.config import shared_dir
 from common.errors import UserError, exit_on_user_error
 
-SHARED = PROJECT_ROOT.parent / "shared" / "data"
+SHARED = shared_dir() / "data"
 
 
 def _default(path: Path) -> str | None:
@@ -31,7 +31,7 @@ def _default(path: Path) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m common.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lmk2video.demo", description=__doc__.splitlines()[0])
     p.add_argument(
         "--video", default=_default(SHARED / "talking" / "Obama_clip1.mp4"), help="talking-head clip"
     )
@@ -42,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--speech", default=_default(SHARED / "speech" / "en_24k_mono.mp3"), help="speech for steps 4-5"
     )
-    p.add_argument("--audio2lmk-model", default=str(PROJECT_ROOT / "models" / "audio2lmk"), help="step 4")
-    p.add_argument("--lmk2video-model", default=str(PROJECT_ROOT / "models" / "lmk2video"), help="step 5")
+    p.add_argument("--audio2lmk-model", default="models/audio2lmk", help="step 4")
+    p.add_argument("--lmk2video-model", default="models/lmk2video", help="step 5")
     p.add_argument("--steps", type=int, default=25, help="denoising steps of step 5")
-    p.add_argument("--out", default=str(PROJECT_ROOT / "outputs" / "demo"), help="output folder")
+    p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--seconds", type=float, default=8.0, help="length of the demo excerpt")
     return p
 
@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     print(f"[1/5] extracting landmarks from {args.video}")
-    lmk(["extract", args.video, "-o", str(full)])
+    lmk(["extract", args.video, "-o", str(full), "--overwrite"])
     lmk(["info", str(full)])
 
     print("[2/5] editing: trim, smooth, exaggerate the mouth; retarget onto the portrait")
-    lmk(["edit", str(full), "-o", str(clip), "--trim", f":{args.seconds}"])
-    lmk(["edit", str(clip), "-o", str(edited), "--smooth", "3", "--mouth-scale", "1.5"])
-    lmk(["retarget", str(edited), "--reference", args.portrait, "-o", str(retargeted)])
+    lmk(["edit", str(full), "-o", str(clip), "--trim", f":{args.seconds}", "--overwrite"])
+    lmk(["edit", str(clip), "-o", str(edited), "--smooth", "3", "--mouth-scale", "1.5", "--overwrite"])
+    lmk(["retarget", str(edited), "--reference", args.portrait, "-o", str(retargeted), "--overwrite"])
 
     print("[3/5] rendering previews with audio")
     for name, style in (
@@ -88,7 +88,21 @@ def main(argv: list[str] | None = None) -> None:
     ):
         video = out / f"{name.stem}_{style}.mp4"
         size = [] if name == retargeted else ["--size", "512x512"]
-        lmk(["render", str(name), "-o", str(video), "--audio", args.audio, "--style", style, "-q", *size])
+        lmk(
+            [
+                "render",
+                str(name),
+                "-o",
+                str(video),
+                "--audio",
+                args.audio,
+                "--style",
+                style,
+                "-q",
+                "--overwrite",
+                *size,
+            ]
+        )
     talk = _speech_to_landmarks(args, out)
     _landmarks_to_video(args, out, talk, retargeted)
     print(f"done: outputs in {out}")
@@ -96,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _speech_to_landmarks(args: argparse.Namespace, out: Path) -> Path | None:
     """Step 4: the landmark file made from ``args.speech``, or None when there is no model."""
-    from common.lmk import load_reference
+    from common.detect import load_reference
     from common.lmk import main as lmk
 
     model = Path(args.audio2lmk_model)
@@ -114,7 +128,18 @@ def _speech_to_landmarks(args: argparse.Namespace, out: Path) -> Path | None:
     print(f"[4/5] speech -> landmarks: {args.speech} on {args.portrait} with {model}")
     sequence = audio_to_landmarks(load_audio2lmk(model), args.speech, load_reference(args.portrait), seed=0)
     talk = sequence.save(out / "speech.npz")
-    lmk(["render", str(talk), "-o", str(out / "speech_default.mp4"), "--audio", args.speech, "-q"])
+    lmk(
+        [
+            "render",
+            str(talk),
+            "-o",
+            str(out / "speech_default.mp4"),
+            "--audio",
+            args.speech,
+            "-q",
+            "--overwrite",
+        ]
+    )
     return talk
 
 
@@ -130,7 +155,7 @@ def _landmarks_to_video(args: argparse.Namespace, out: Path, talk: Path | None, 
             "      untrained tiny model: it runs the whole path in seconds but renders noise.)"
         )
         return
-    from lmk2video.generate import GenerateSettings, generate
+    from lmk2video.generation import GenerateSettings, generate
 
     landmarks, audio = (talk, args.speech) if talk is not None else (retargeted, None)
     print(f"[5/5] landmarks -> video: {landmarks} on {args.portrait} with {model} ({args.steps} steps)")
@@ -142,6 +167,7 @@ def _landmarks_to_video(args: argparse.Namespace, out: Path, talk: Path | None, 
         "out": str(out / "video.mp4"),
         "steps": args.steps,
         "grid": True,
+        "overwrite": True,
     }
     generate(GenerateSettings.from_config(values, Path.cwd()))
 
