@@ -1,0 +1,94 @@
+"""``python -m common.evaluate real=DIR systems.NAME=DIR [systems.OTHER=DIR ...] [references=DIR] out=DIR``
+
+The field's metrics of talking videos, whoever made them: landmark distance, mouth and head motion, jitter,
+identity (dlib), lip sync (mouth vs loudness; SyncNet's LSE-C/D with its weights), PSNR/SSIM, FID/FVD
+(with their networks). Writes ``out/report.json``, ``out/report.md`` and ``out/plots/``; prints the table.
+What each metric means: :mod:`common.evaluation` and ``docs/evaluation.md``. Every input is checked before
+any scoring: a bad one is one ``error:`` line, exit status 2, and no report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from common.config import CONF_DIR
+from common.errors import UserError, exit_on_user_error
+
+
+def _open_dict() -> Any:
+    """An empty config node that takes new keys although Hydra locks the config (its own ``struct`` flag
+    overrides the inherited one), so ``systems.NAME=DIR`` needs no ``+``."""
+    return OmegaConf.create({}, flags={"struct": False})
+
+
+@dataclasses.dataclass
+class EvaluateSchema:
+    """Types of ``conf/common/evaluate.yaml``."""
+
+    task_name: str = "evaluate"
+    log_dir: str | None = None
+    paths: Any = None
+    real: str | None = None
+    systems: dict[str, str] = dataclasses.field(default_factory=_open_dict)
+    references: str | None = None
+    out: str | None = None
+    overwrite: bool = False
+    resample: bool = False
+    face_model: str | None = None
+    identity: bool = True
+    syncnet_weights: str | None = None
+    fid_weights: str | None = None
+    fvd_weights: str | None = None
+    min_size: int = 256
+    seed: int = 0
+    progress: bool = True
+
+
+ConfigStore.instance().store(name="evaluate_schema", node=EvaluateSchema)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    from common.atomic import check_output
+    from common.evaluation.report import markdown, write_report
+    from common.evaluation.run import EvalOptions, evaluate_folders
+
+    work = Path(cfg.paths.work_dir)
+
+    def path(value: str | None) -> Path | None:
+        return None if value in (None, "") else work / Path(str(value)).expanduser()
+
+    if cfg.out is None:
+        raise UserError("out=DIR is required: the folder for report.json, report.md and plots/")
+    out = path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out={out} is a file; give a folder for the report")
+    check_output(out / "report.json", cfg.overwrite)
+    names = {f.name for f in dataclasses.fields(EvalOptions)}
+    options = EvalOptions(**{k: cfg[k] for k in names})
+    for key in ("face_model", "syncnet_weights", "fid_weights", "fvd_weights"):
+        setattr(options, key, None if getattr(options, key) is None else str(path(getattr(options, key))))
+    systems = {name: path(folder) for name, folder in cfg.systems.items()}
+    report, series = evaluate_folders(path(cfg.real), systems, path(cfg.references), options)
+    write_report(report, series, out)
+    print(markdown(report))
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'plots'}")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR / "common"), config_name="evaluate")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from common.logs import quiet_libraries
+
+    quiet_libraries()
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
