@@ -28,7 +28,7 @@ from talking_portrait import CHECKOUT, CONF_DIR, EXPERIMENTS_DIR
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKOUT", "CONF_DIR", "EXPERIMENTS_DIR", "seed_everything", "shared_dir"]
+__all__ = ["CHECKOUT", "CONF_DIR", "EXPERIMENTS_DIR", "seed_everything", "shared_dir", "store_open_dict"]
 
 
 def shared_dir() -> Path:
@@ -49,6 +49,17 @@ _register("conf_dir", lambda: str(CONF_DIR))
 _register("experiments_dir", lambda: str(EXPERIMENTS_DIR))
 _register("shared_dir", lambda: str(shared_dir()))
 _register("run_files", lambda log_dir, yes, no: no if log_dir in (None, "") else yes)
+
+
+def store_open_dict(name: str, key: str) -> None:
+    """Register the config ``name`` = ``{key: {}}`` in Hydra's config store, with the ``key`` node open to new
+    keys although Hydra locks the composed config (a node's own ``struct`` flag overrides the inherited
+    one): listed in a primary config's defaults, it lets ``key.NAME=VALUE`` add entries without Hydra's ``+``
+    (e.g. ``systems.ours=DIR``)."""
+    from hydra.core.config_store import ConfigStore
+
+    node = OmegaConf.create({key: OmegaConf.create({}, flags={"struct": False})})
+    ConfigStore.instance().store(name=name, node=node)
 
 
 def seed_everything(seed: int | None) -> int | None:

@@ -14,43 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from common.config import CONF_DIR
+from common.config import CONF_DIR, store_open_dict
 from common.errors import UserError, exit_on_user_error
 
-
-def _open_dict() -> Any:
-    """An empty config node that takes new keys although Hydra locks the config (its own ``struct`` flag
-    overrides the inherited one), so ``systems.NAME=DIR`` needs no ``+``."""
-    return OmegaConf.create({}, flags={"struct": False})
-
-
-@dataclasses.dataclass
-class EvaluateSchema:
-    """Types of ``conf/common/evaluate.yaml``."""
-
-    task_name: str = "evaluate"
-    log_dir: str | None = None
-    paths: Any = None
-    real: str | None = None
-    systems: dict[str, str] = dataclasses.field(default_factory=_open_dict)
-    references: str | None = None
-    out: str | None = None
-    overwrite: bool = False
-    resample: bool = False
-    face_model: str | None = None
-    identity: bool = True
-    syncnet_weights: str | None = None
-    fid_weights: str | None = None
-    fvd_weights: str | None = None
-    min_size: int = 256
-    seed: int = 0
-    progress: bool = True
-
-
-ConfigStore.instance().store(name="evaluate_schema", node=EvaluateSchema)
+store_open_dict("evaluate_systems", "systems")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
@@ -69,6 +68,7 @@ def landmark_following(
     ``face_model``).
     """
     from common.detect import FaceDetector
+    from common.evaluation.faces import track_faces
 
     frames = np.asarray(frames)
     points = np.asarray(points, dtype=np.float64)[:, :NUM_VERTICES]
@@ -76,25 +76,17 @@ def landmark_following(
         raise ValueError(
             f"frames {frames.shape} and points {points.shape} must be (F, H, W, 3) and (F, 468, 2)"
         )
-    h, w = frames.shape[1:3]
-    scale = max(1.0, min_size / min(h, w))
-    size = (round(w * scale), round(h * scale))
     owned = detector is None
     detector = detector or FaceDetector(face_model, mode="image")
-    errors: list[float | None] = []
     try:
-        for frame, target in zip(frames, points):
-            image = frame if scale == 1.0 else cv2.resize(frame, size, interpolation=cv2.INTER_CUBIC)
-            faces = detector.detect(np.ascontiguousarray(image))
-            if not faces:
-                errors.append(None)
-                continue
-            face = max(faces, key=lambda f: f.area)
-            found = face.landmarks[:NUM_VERTICES, :2].astype(np.float64) * np.array([w, h])
-            errors.append(float(np.linalg.norm(found - target, axis=-1).mean()))
+        track = track_faces(frames, detector, min_size)
     finally:
         if owned:
             detector.close()
+    errors: list[float | None] = [
+        float(np.linalg.norm(found - target, axis=-1).mean()) if ok else None
+        for found, target, ok in zip(track.points, points, track.found)
+    ]
     hits = [e for e in errors if e is not None]
     return LandmarkFollowing(
         frames=len(errors),

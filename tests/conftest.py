@@ -109,3 +109,20 @@ def _loggers_enabled():
     for logger in logging.Logger.manager.loggerDict.values():
         if isinstance(logger, logging.Logger) and logger.disabled:
             logger.disabled = False
+
+
+def run_main(main, args: list[str], capsys) -> tuple[int, str]:
+    """A Hydra entry point's ``main()`` run in this process with ``args`` (fast: no interpreter start, nothing
+    imported again), logging left as it is; returns (exit status, stderr). Relative paths are taken from the
+    current folder (``monkeypatch.chdir``)."""
+    import sys
+    from unittest import mock
+
+    capsys.readouterr()
+    with mock.patch.object(sys, "argv", ["main", *args, "hydra/job_logging=disabled"]):
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, capsys.readouterr().err

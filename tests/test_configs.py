@@ -8,6 +8,7 @@ every stage's search path; ``experiments/<stage>/experiment/NAME.yaml`` is selec
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -25,6 +26,7 @@ EXPERIMENTS = sorted(EXPERIMENTS_DIR.glob("*/experiment/*.yaml"))
 
 
 def compose_resolved(config_dir: Path, name: str, overrides: list[str]):
+    importlib.import_module(f"{config_dir.name}.{name}")  # its entry module registers what the config needs
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
@@ -76,7 +78,7 @@ def test_shared_groups_exist():
         assert (CONF_DIR / "common" / "trainer" / f"{trainer}.yaml").is_file()
 
 
-INFERENCE = ["audio2lmk/infer", "audio2lmk/evaluate", "lmk2video/init", "lmk2video/generate", "lmk2video/evaluate",
+INFERENCE = ["audio2lmk/infer", "audio2lmk/evaluate", "lmk2video/init", "lmk2video/generate", "lmk2video/evaluate", "lmk2video/benchmark", "common/evaluate",
              "common/preprocess"]  # fmt: skip
 TRAINING = ["audio2lmk/train", "lmk2video/train"]
 
@@ -84,6 +86,7 @@ TRAINING = ["audio2lmk/train", "lmk2video/train"]
 def compose_hydra(name: str, overrides: list[str]):
     """The resolved ``hydra`` node of a primary config (``name``: ``stage/config``)."""
     stage, config = name.split("/")
+    importlib.import_module(f"{stage}.{config}")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR / stage), version_base="1.3"):
         cfg = compose(config_name=config, overrides=overrides, return_hydra_config=True)

@@ -25,7 +25,7 @@ from common.evaluation.pixels import PSNR_CAP, pixel_scores
 from common.evaluation.scores import pearson
 from common.evaluation.stats import summarize
 from common.evaluation.sync import audio_envelope, sync_scores
-from tests.conftest import PROJECT_ROOT, shared_file
+from tests.conftest import PROJECT_ROOT, run_main, shared_file
 
 FPS = 25.0
 
@@ -438,12 +438,17 @@ def test_cli_scores_systems_side_by_side(folders, face_model) -> None:
         (["real=real", "systems.real=copy"], r"systems.real is the name of the real videos' column"),
     ],
 )
-def test_cli_refuses_bad_input_with_one_error_and_no_report(folders, face_model, args, message) -> None:
+def test_cli_refuses_bad_input_with_one_error_and_no_report(
+    folders, face_model, args, message, monkeypatch, capsys
+) -> None:
     import re
 
-    out = folders / "refused"
-    result = evaluate(folders, *args, "out=refused", face_model=face_model)
-    assert result.returncode == 2, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and re.search(message, errors[0]), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and not out.exists()
+    from common import evaluate as cli
+
+    monkeypatch.chdir(folders)
+    monkeypatch.setenv("TALKING_PORTRAIT_FACE_MODEL", str(face_model))
+    code, err = run_main(cli.main, [*args, "out=refused", "progress=false"], capsys)
+    assert code == 2, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.search(message, errors[0]), err[-2000:]
+    assert "Traceback" not in err and not (folders / "refused").exists()

@@ -110,7 +110,7 @@ def test_every_cli_runs_from_an_empty_folder(installed, tmp_path, face_model) ->
     for module, experiment in (("audio2lmk.train", "mel_small"), ("lmk2video.train", "tiny_stage1")):
         composed = run("-m", module, f"experiment={experiment}", "--cfg", "job", "--resolve")
         assert f"data_dir: {work}/data" in composed.stdout
-    for module in ("audio2lmk.evaluate", "lmk2video.evaluate"):
+    for module in ("audio2lmk.evaluate", "lmk2video.evaluate", "common.evaluate", "lmk2video.benchmark"):
         run("-m", module, "--cfg", "job")
     for module in ("audio2lmk.convert", "lmk2video.convert", "lmk2video.demo"):
         run("-m", module, "--help")

@@ -110,7 +110,7 @@ def plan(
     return cases, missing
 
 
-def check_case(case: Case, system: str, resample: bool, need_reference: bool) -> None:
+def check_case(case: Case, resample: bool, need_reference: bool) -> None:
     """Refuse, before any scoring, a pair that cannot be compared (frame rate, length, audio, reference)."""
     from common.video import probe_video
 
@@ -251,9 +251,9 @@ def evaluate_folders(
     from common.evaluation.stats import summarize
 
     cases, missing = plan(real, systems, references)
-    for name, items in cases.items():
+    for items in cases.values():
         for case in items:
-            check_case(case, name, options.resample, options.identity)
+            check_case(case, options.resample, options.identity)
     distributions = _distribution_networks(options)
     evaluator = Evaluator(options)
     report: dict[str, Any] = {"systems": {}, "options": dataclasses.asdict(options)}

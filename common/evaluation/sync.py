@@ -46,6 +46,8 @@ def shifted_correlations(
     out = {}
     n = min(len(mouth), len(envelope))
     for k in range(-max_offset, max_offset + 1):
+        if abs(k) > n - 3:  # fewer than 3 frames overlap
+            continue
         if k >= 0:
             a, b = mouth[k:n], envelope[: n - k]
         else:

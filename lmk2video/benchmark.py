@@ -1,0 +1,92 @@
+"""``python -m lmk2video.benchmark model=DIR [mode=reconstruct|audio|landmarks_only] [audio2lmk_model=DIR] out=DIR``
+
+Runs our models on a test set (default: the held-out speaker of the shared clips) and writes the evaluation
+table with the baselines (the real video, the reference frame repeated, any ``systems.NAME=DIR``), plots
+and side-by-side videos: :mod:`lmk2video.benchmarking`. Resumable: finished videos are kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from common.config import CONF_DIR, store_open_dict
+from common.errors import UserError, exit_on_user_error
+
+store_open_dict("benchmark_systems", "systems")
+
+
+def run(cfg: DictConfig) -> dict:
+    from common.evaluation.report import markdown, write_report
+    from common.evaluation.run import EvalOptions, evaluate_folders
+    from common.index import load_index
+    from lmk2video.benchmarking import Benchmark, test_excerpts
+    from lmk2video.rendering import SamplerOptions
+
+    work = Path(cfg.paths.work_dir)
+
+    def path(value) -> str | None:
+        return None if value in (None, "") else str(work / Path(str(value)).expanduser())
+
+    if cfg.out is None:
+        raise UserError(
+            "out=DIR is required: the benchmark's folder (videos, report.json, report.md, plots/)"
+        )
+    out = Path(path(cfg.out))
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out={out} is a file; give a folder")
+    clips = load_index(path(cfg.index))
+    if cfg.test_speakers:
+        clips = [c for c in clips if c.speaker in set(cfg.test_speakers)]
+        if not clips:
+            raise UserError(
+                f"no clip of {list(cfg.test_speakers)} in index={cfg.index}; set test_speakers=[NAME]"
+            )
+    for key in ("frames", "max_clips"):
+        if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
+            raise UserError(f"{key}={cfg[key]!r} must be a whole number >= 1 (or null)")
+    bench = Benchmark(
+        excerpts=test_excerpts(clips, cfg.frames, cfg.max_clips, int(cfg.reference_frame)),
+        out=out,
+        mode=cfg.mode,
+        model=path(cfg.model),
+        audio2lmk_model=path(cfg.audio2lmk_model),
+        audio2lmk_pose=cfg.audio2lmk_pose,
+        sampler=SamplerOptions.from_values(dict(cfg)),
+        seed=cfg.seed,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        compare_videos=cfg.compare_videos,
+        progress=cfg.progress,
+    )
+    bench.check()
+    if cfg.mode == "landmarks_only":
+        report, series = bench.landmarks_only()
+    else:
+        folders = bench.render_all()
+        systems = {**folders, **{name: Path(path(folder)) for name, folder in cfg.systems.items()}}
+        options = EvalOptions(
+            face_model=path(cfg.face_model), identity=cfg.identity, syncnet_weights=path(cfg.syncnet_weights),
+            fid_weights=path(cfg.fid_weights), fvd_weights=path(cfg.fvd_weights), seed=cfg.seed, progress=cfg.progress,
+        )  # fmt: skip
+        report, series = evaluate_folders(out / "real", systems, out / "references", options)
+        report["mode"] = cfg.mode
+    write_report(report, series, out)
+    print(markdown(report))
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'plots'}")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR / "lmk2video"), config_name="benchmark")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from common.logs import quiet_libraries
+
+    quiet_libraries()
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
