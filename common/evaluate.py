@@ -9,7 +9,6 @@ any scoring: a bad one is one ``error:`` line, exit status 2, and no report.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ store_open_dict("evaluate_systems", "systems")
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     from common.atomic import check_output
-    from common.evaluation.report import markdown, write_report
+    from common.evaluation.report import publish
     from common.evaluation.run import EvalOptions, evaluate_folders
 
     work = Path(cfg.paths.work_dir)
@@ -38,15 +37,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if out.exists() and not out.is_dir():
         raise UserError(f"out={out} is a file; give a folder for the report")
     check_output(out / "report.json", cfg.overwrite)
-    names = {f.name for f in dataclasses.fields(EvalOptions)}
-    options = EvalOptions(**{k: cfg[k] for k in names})
-    for key in ("face_model", "syncnet_weights", "fid_weights", "fvd_weights"):
-        setattr(options, key, None if getattr(options, key) is None else str(path(getattr(options, key))))
     systems = {name: path(folder) for name, folder in cfg.systems.items()}
+    options = EvalOptions.from_config(cfg, path)
     report, series = evaluate_folders(path(cfg.real), systems, path(cfg.references), options)
-    write_report(report, series, out)
-    print(markdown(report))
-    print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'plots'}")
+    publish(report, series, out)
     return report
 
 

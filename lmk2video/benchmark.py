@@ -19,7 +19,7 @@ store_open_dict("benchmark_systems", "systems")
 
 
 def run(cfg: DictConfig) -> dict:
-    from common.evaluation.report import markdown, write_report
+    from common.evaluation.report import publish
     from common.evaluation.run import EvalOptions, evaluate_folders
     from common.index import load_index
     from lmk2video.benchmarking import Benchmark, test_excerpts
@@ -67,15 +67,10 @@ def run(cfg: DictConfig) -> dict:
     else:
         folders = bench.render_all()
         systems = {**folders, **{name: Path(path(folder)) for name, folder in cfg.systems.items()}}
-        options = EvalOptions(
-            face_model=path(cfg.face_model), identity=cfg.identity, syncnet_weights=path(cfg.syncnet_weights),
-            fid_weights=path(cfg.fid_weights), fvd_weights=path(cfg.fvd_weights), seed=cfg.seed, progress=cfg.progress,
-        )  # fmt: skip
+        options = EvalOptions.from_config(cfg, path)
         report, series = evaluate_folders(out / "real", systems, out / "references", options)
         report["mode"] = cfg.mode
-    write_report(report, series, out)
-    print(markdown(report))
-    print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'plots'}")
+    publish(report, series, out)
     return report
 
 

@@ -9,8 +9,6 @@ import numpy as np
 
 from common.errors import UserError
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg")
-
 
 @dataclasses.dataclass
 class Clip:
@@ -45,19 +43,11 @@ class Clip:
         return dataclasses.replace(self, frames=self.frames[:frames])
 
 
-def audio_beside(video: Path) -> Path | None:
-    """An audio file with the video's stem in the same folder (``common.preprocess`` writes ``STEM.wav``)."""
-    for suffix in AUDIO_SUFFIXES:
-        candidate = video.with_suffix(suffix)
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def read_clip(path: str | Path, audio: bool = True, audio_path: str | Path | None = None) -> Clip:
     """Decode every frame of ``path``; the audio is ``audio_path``, else the video's own track, else a
     same-stem audio file beside it (None when there is none, or when ``audio`` is false)."""
     from common.audio import load_audio
+    from common.corpus import find_audio
     from common.video import iter_frames, probe_video
 
     path = Path(path)
@@ -70,7 +60,7 @@ def read_clip(path: str | Path, audio: bool = True, audio_path: str | Path | Non
     samples = None
     if audio:
         source = (
-            Path(audio_path) if audio_path is not None else (path if info.has_audio else audio_beside(path))
+            Path(audio_path) if audio_path is not None else (path if info.has_audio else find_audio(path))
         )
         if source is not None:
             samples = load_audio(source, silence_dbfs=None)

@@ -155,3 +155,10 @@ def write_report(report: dict[str, Any], series: dict, out: Path) -> dict[str, P
     plot(report, series, out / "plots")
     files["plots"] = out / "plots"
     return files
+
+
+def publish(report: dict[str, Any], series: dict, out: Path) -> None:
+    """:func:`write_report`, then the table and where it went on stdout (what the CLIs end with)."""
+    write_report(report, series, out)
+    print(markdown(report))
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'plots'}")

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from common.corpus import find_audio
 from common.errors import UserError
 from common.evaluation.faces import FaceTrack, track_faces
-from common.evaluation.media import Clip, audio_beside, read_clip
+from common.evaluation.media import Clip, read_clip
 from common.evaluation.scores import Scores
 
 log = logging.getLogger("common.evaluate")
@@ -42,6 +43,17 @@ class EvalOptions:
     min_size: int = 256
     seed: int = 0
     progress: bool = True
+
+    FILES = ("face_model", "syncnet_weights", "fid_weights", "fvd_weights")
+
+    @classmethod
+    def from_config(cls, cfg: Any, path: Any) -> EvalOptions:
+        """The options among a config's keys (others keep their defaults); ``path`` resolves the files."""
+        values = {f.name: cfg[f.name] for f in dataclasses.fields(cls) if f.name in cfg}
+        for key in cls.FILES:
+            if values.get(key) is not None:
+                values[key] = str(path(values[key]))
+        return cls(**values)
 
 
 @dataclasses.dataclass
@@ -115,7 +127,7 @@ def check_case(case: Case, resample: bool, need_reference: bool) -> None:
     from common.video import probe_video
 
     video = probe_video(case.video)
-    if not video.has_audio and audio_beside(case.video) is None:
+    if not video.has_audio and find_audio(case.video) is None:
         raise UserError(
             f"{case.video} has no audio track and no {case.video.stem}.wav beside it: lip sync needs the speech; "
             "mux it into the video or put the wav beside it"
