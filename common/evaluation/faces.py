@@ -17,6 +17,9 @@ NUM_MESH = 468
 # Eye outer corners (inter-ocular distance) and the inner-lip midpoints (mouth opening) of MediaPipe's mesh.
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
 UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
+# A mouth whose opening (in inter-ocular units) varies by no more than this is held still: what is left is
+# the detector's noise on a frozen face (about 1e-5 on re-encoded identical frames; speech moves it by ~0.05).
+MOUTH_STILL = 1e-3
 # The lips' points (outer and inner contours) of MediaPipe's face mesh.
 MOUTH = sorted(
     {61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.evaluation.faces import MOUTH, FaceTrack
+from common.evaluation.faces import MOUTH, MOUTH_STILL, FaceTrack
 from common.evaluation.scores import Scores, pearson
 
 REFERENCE_METRICS = (
@@ -71,7 +71,9 @@ def landmark_scores(generated: FaceTrack, real: FaceTrack | None) -> Scores:
     for name, columns in (("face", slice(None)), ("mouth", MOUTH)):
         scores.set(f"lmd_{name}", float((distance[:, columns] / iod).mean()))
         scores.set(f"lmd_{name}_px512", float(distance[:, columns].mean() * px512))
-    scores.set("mouth_corr", *pearson(generated.mouth_opening(), real.mouth_opening()), null=True)
+    scores.set(
+        "mouth_corr", *pearson(generated.mouth_opening(), real.mouth_opening(), MOUTH_STILL), null=True
+    )
     scores.set(
         "pose_error_deg", float(rotation_angles(generated.rotations[both], real.rotations[both]).mean())
     )

@@ -17,7 +17,7 @@ import numpy as np
 
 from common.atomic import atomic_output
 
-# Metric: (label, better) where better is "higher", "lower", "zero" (an offset) or "real" (closer to the real video).
+# Metric: (label, better) where better is "higher", "lower" or "real" (closer to the real video's value).
 METRICS = {
     "detection_rate": ("face detection rate", "higher"),
     "lmd_face": ("LMD face (/ inter-ocular)", "lower"),
@@ -29,7 +29,7 @@ METRICS = {
     "jitter": ("landmark jitter (/ inter-ocular)", "real"),
     "identity_cosine": ("identity: dlib cosine to reference", "higher"),
     "identity_distance": ("identity: dlib distance to reference", "lower"),
-    "av_offset_frames": ("A/V offset (frames)", "zero"),
+    "av_offset_frames": ("A/V offset (frames)", "real"),
     "av_confidence": ("A/V confidence (mouth vs loudness)", "higher"),
     "sync_corr": ("mouth vs loudness correlation at offset 0", "higher"),
     "lse_c": ("LSE-C (SyncNet)", "higher"),
@@ -67,7 +67,9 @@ def markdown(report: dict[str, Any]) -> str:
                 continue
             lo, hi = entry["ci95"]
             interval = f" [{_number(lo)}, {_number(hi)}]" if lo is not None and entry["n"] > 1 else ""
-            cells.append(f"{_number(entry['mean'])}{interval}")
+            clips = len(report["systems"][system]["clips"])
+            count = f" (n={entry['n']})" if metric not in ("fid", "fvd") and entry["n"] < clips else ""
+            cells.append(f"{_number(entry['mean'])}{interval}{count}")
         lines.append(f"| {label} | {better} | " + " | ".join(cells) + " |")
     counts = {s: len(report["systems"][s]["clips"]) for s in systems}
     notes = ["", f"Clips per system: {', '.join(f'{s} {n}' for s, n in counts.items())}; "

@@ -30,14 +30,18 @@ class Scores:
         self.not_computed.update(other.not_computed)
 
 
-def pearson(a, b) -> tuple[float | None, str | None]:
-    """Correlation of two series over their common finite entries; (None, reason) when it is undefined."""
+def pearson(a, b, still: float = 0.0) -> tuple[float | None, str | None]:
+    """Correlation of two series over their common finite entries; (None, reason) when it is undefined:
+    fewer than 3 entries, or a series constant (``a`` counts as constant when its standard deviation is at
+    most ``still``: a held mouth whose landmarks only carry the detector's noise)."""
     import numpy as np
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3:
         return None, f"fewer than 3 frames to correlate ({int(ok.sum())})"
+    if still and a[ok].std() <= still:
+        return None, f"the mouth does not move (its opening varies by at most {still:g} of the eye distance)"
     a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
     norm = math.sqrt(float((a * a).sum() * (b * b).sum()))
     if norm < 1e-12:

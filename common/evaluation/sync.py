@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.evaluation.faces import MOUTH_STILL
 from common.evaluation.scores import Scores, pearson
 
 SAMPLE_RATE = 16000
@@ -52,7 +53,7 @@ def shifted_correlations(
             a, b = mouth[k:n], envelope[: n - k]
         else:
             a, b = mouth[: n + k], envelope[-k:n]
-        value, _ = pearson(a, b)
+        value, _ = pearson(a, b, MOUTH_STILL)
         if value is not None:
             out[k] = value
     return out
@@ -65,7 +66,7 @@ def sync_scores(mouth: np.ndarray, audio: np.ndarray | None, fps: float) -> Scor
         scores.skip(SYNC_METRICS, "the video has no audio track and no audio file beside it")
         return scores
     envelope = audio_envelope(audio, fps, len(mouth))
-    at_zero, reason = pearson(mouth, envelope)
+    at_zero, reason = pearson(mouth, envelope, MOUTH_STILL)
     scores.set("sync_corr", at_zero, reason, null=True)
     correlations = shifted_correlations(np.asarray(mouth, dtype=np.float64), envelope)
     if not correlations:
