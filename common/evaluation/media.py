@@ -28,16 +28,17 @@ class Clip:
         """(H, W)."""
         return tuple(self.frames.shape[1:3])
 
+    def resample_index(self, fps: float) -> np.ndarray:
+        """For each frame at ``fps``, the index of this clip's frame showing then (nearest earlier frame), as a
+        player would; per-frame data of the clip (e.g. face boxes) resample with it."""
+        count = int(np.floor(self.num_frames / self.fps * fps + 1e-6))
+        return np.minimum(np.floor(np.arange(count) * self.fps / fps + 1e-6).astype(int), self.num_frames - 1)
+
     def resampled(self, fps: float) -> Clip:
-        """The clip at another frame rate: for each output time, the input frame showing then (nearest
-        earlier frame), as a player would; the audio is unchanged."""
+        """The clip at another frame rate (:meth:`resample_index`); the audio is unchanged."""
         if abs(fps - self.fps) < 1e-6:
             return self
-        count = int(np.floor(self.num_frames / self.fps * fps + 1e-6))
-        index = np.minimum(
-            np.floor(np.arange(count) * self.fps / fps + 1e-6).astype(int), self.num_frames - 1
-        )
-        return dataclasses.replace(self, frames=self.frames[index], fps=float(fps))
+        return dataclasses.replace(self, frames=self.frames[self.resample_index(fps)], fps=float(fps))
 
     def truncated(self, frames: int) -> Clip:
         return dataclasses.replace(self, frames=self.frames[:frames])

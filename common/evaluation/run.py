@@ -241,11 +241,8 @@ class Evaluator:
         if self.syncnet is not None:
             from common.evaluation.syncnet import FPS, lse_scores
 
-            at25 = clip.resampled(FPS)
-            index = np.minimum(
-                np.floor(np.arange(at25.num_frames) * clip.fps / FPS + 1e-6).astype(int), len(boxes) - 1
-            )
-            scores.update(lse_scores(self.syncnet, at25.frames, boxes[index], clip.audio))
+            index = clip.resample_index(FPS)
+            scores.update(lse_scores(self.syncnet, clip.frames[index], boxes[index], clip.audio))
         series = {
             "fps": clip.fps,
             "mouth": mouth,
