@@ -173,7 +173,9 @@ class Benchmark:
                 made = audio_to_landmarks(audio2lmk, wav, reference, pose=self.audio2lmk_pose, seed=self.seed)
                 sequence = fit_length(made, item.frames)
             face = reference.landmarks2d[0] if reference.landmarks2d is not None else reference.project()[0]
-            framed, framing = frame_reference(image, face, size, pad_mode=options.pad_mode)
+            framed, framing = frame_reference(
+                image, face, size, pad_mode=options.pad_mode, **pipe.framing_options
+            )
             real = np.stack(
                 [
                     apply_framing(f, framing, options.pad_mode)

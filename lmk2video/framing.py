@@ -104,6 +104,21 @@ def face_box(points: np.ndarray) -> tuple[float, float, float, float]:
     return float(x0), float(y0), float(x1), float(y1)
 
 
+FRAMING_OPTIONS = ("face_fraction", "min_face_fraction", "max_face_fraction", "vertical_center")
+
+
+def check_framing_options(options: dict[str, float]) -> dict[str, float]:
+    """``options`` if they are :func:`choose_framing`'s keyword arguments with valid values, else UserError."""
+    unknown = sorted(set(options) - set(FRAMING_OPTIONS))
+    if unknown:
+        raise UserError(
+            f"unknown framing option(s) {', '.join(unknown)}; known: {', '.join(FRAMING_OPTIONS)}"
+        )
+    box = np.array([[0.0, 0.0], [1.0, 1.0]])
+    choose_framing(box, (4, 4), (4, 4), **options)
+    return options
+
+
 def choose_framing(
     face_points: np.ndarray,
     source_size: tuple[int, int],

@@ -25,8 +25,12 @@ One training step (:meth:`LandmarkVideoModule.compute_loss`)
    image embedding and no reference attention (``reference_mask`` False), exactly the unconditional branch of
    generation; the pose features are kept, as generation keeps them in both branches.
 4. The reference bank (reference UNet at timestep 0), the pose guider on the target drawings with the
-   reference drawing, the denoising UNet; loss = per-sample MSE, weighted by min-SNR-gamma
-   (``min(SNR, gamma) / (SNR + 1)`` for v-prediction, ``/ SNR`` for epsilon, none when ``snr_gamma`` is null).
+   reference drawing, the denoising UNet; loss = per-sample MSE, weighted by min-SNR-gamma (:func:`snr_weights`:
+   AniPortrait's ``min(SNR + 1, gamma) / (SNR + 1)`` for v-prediction by default, none when ``snr_gamma`` is
+   null).
+
+The training noise schedule is the model's scheduler config (what generation samples with) unless
+``loss.beta_schedule`` names another (AniPortrait trains with ``scaled_linear`` and samples with ``linear``).
 
 Every random draw of a step comes from a generator seeded with (seed, step, process rank), so a run resumed
 from a checkpoint continues with the noise an uninterrupted run would have drawn.
@@ -58,6 +62,9 @@ log = logging.getLogger(__name__)
 
 COMPONENTS = ("vae", "image_encoder", "reference_unet", "denoising_unet", "pose_guider")
 ALWAYS_FROZEN = ("vae", "image_encoder")
+# Min-SNR variants (:func:`snr_weights`) and the training beta schedules ``loss.beta_schedule`` accepts.
+SNR_WEIGHTINGS = ("aniportrait", "min_snr")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -69,9 +76,20 @@ class LossSettings:
 
     noise_offset: float = 0.05
     snr_gamma: float | None = 5.0
+    snr_weighting: str = "aniportrait"
     uncond_ratio: float = 0.1
+    beta_schedule: str | None = None
 
     def __post_init__(self) -> None:
+        if self.snr_weighting not in SNR_WEIGHTINGS:
+            raise UserError(
+                f"loss.snr_weighting={self.snr_weighting!r}: use one of {', '.join(SNR_WEIGHTINGS)}"
+            )
+        if self.beta_schedule is not None and self.beta_schedule not in BETA_SCHEDULES:
+            raise UserError(
+                f"loss.beta_schedule={self.beta_schedule!r}: use one of {', '.join(BETA_SCHEDULES)} or null "
+                "(the model's own scheduler)"
+            )
         if self.noise_offset < 0 or not 0 <= self.uncond_ratio <= 1:
             raise UserError(
                 f"loss.noise_offset={self.noise_offset} must be >= 0 and loss.uncond_ratio={self.uncond_ratio} "
@@ -118,18 +136,31 @@ def seed_for(*values: int) -> int:
 
 
 def snr_weights(
-    snr: torch.Tensor, gamma: float | None, prediction_type: str = "v_prediction"
+    snr: torch.Tensor,
+    gamma: float | None,
+    prediction_type: str = "v_prediction",
+    weighting: str = "aniportrait",
 ) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023) for per-sample signal-to-noise ratios ``snr`` (B,).
 
-    ``min(snr, gamma)`` divided by ``snr + 1`` (v-prediction), ``snr`` (epsilon; 0 where snr is 0), or 1
-    (sample prediction); all ones when ``gamma`` is None.
+    All ones when ``gamma`` is None. Otherwise, for v-prediction:
+
+    * ``weighting="aniportrait"`` (AniPortrait's and diffusers' training scripts): ``min(SNR + 1, gamma) /
+      (SNR + 1)``, 1 at the pure-noise timesteps (SNR 0 with zero terminal SNR), where layout and head pose
+      are decided;
+    * ``weighting="min_snr"`` (the paper's form): ``min(SNR, gamma) / (SNR + 1)``, 0 at SNR 0 and under 0.01
+      for about the last fifth of the timesteps.
+
+    Epsilon prediction: ``min(SNR, gamma) / SNR`` (0 where SNR is 0); sample prediction: ``min(SNR, gamma)``.
     """
+    if weighting not in SNR_WEIGHTINGS:
+        raise UserError(f"snr weighting {weighting!r}: use one of {', '.join(SNR_WEIGHTINGS)}")
     if gamma is None:
         return torch.ones_like(snr)
-    clipped = torch.clamp(snr, max=float(gamma))
     if prediction_type == "v_prediction":
-        return clipped / (snr + 1)
+        numerator = snr + 1 if weighting == "aniportrait" else snr
+        return torch.clamp(numerator, max=float(gamma)) / (snr + 1)
+    clipped = torch.clamp(snr, max=float(gamma))
     if prediction_type == "epsilon":
         return torch.where(
             snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), torch.zeros_like(snr)
@@ -255,14 +286,19 @@ class LandmarkVideoModule(pl.LightningModule):
         self.feature_extractor = pipeline.feature_extractor
         self.inference_scheduler_config = dict(pipeline.scheduler.config)
         self.inference_scheduler_class = type(pipeline.scheduler)
-        self.pipeline_settings = {k: pipeline.config[k] for k in ("landmark_style", "width", "height")}
+        self.pipeline_settings = {
+            k: pipeline.config[k]
+            for k in ("landmark_style", "width", "height", "framing")
+            if k in pipeline.config
+        }
         accepted = inspect.signature(DDPMScheduler.__init__).parameters
-        self.noise_scheduler = DDPMScheduler.from_config(
-            {k: v for k, v in pipeline.scheduler.config.items() if k in accepted}
-        )
         self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, lr=1e-5, weight_decay=1e-2)
         self.warmup_steps = int(warmup_steps)
         self.loss_settings = loss if isinstance(loss, LossSettings) else LossSettings(**(loss or {}))
+        train_schedule = {k: v for k, v in pipeline.scheduler.config.items() if k in accepted}
+        if self.loss_settings.beta_schedule is not None:
+            train_schedule["beta_schedule"] = self.loss_settings.beta_schedule
+        self.noise_scheduler = DDPMScheduler.from_config(train_schedule)
         self.validation_settings = (
             validation
             if isinstance(validation, ValidationSettings)
@@ -445,7 +481,7 @@ class LandmarkVideoModule(pl.LightningModule):
         mse = (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, prediction.ndim)))
         alphas = scheduler.alphas_cumprod.to(device)[timesteps].float()
         snr = alphas / (1 - alphas)
-        weights = snr_weights(snr, settings.snr_gamma, prediction_type)
+        weights = snr_weights(snr, settings.snr_gamma, prediction_type, settings.snr_weighting)
         loss = (mse * weights).mean()
         return loss, {"mse": mse.detach(), "weights": weights, "timesteps": timesteps, "dropped": dropped}
 

@@ -200,6 +200,8 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             components.
         landmark_style: :mod:`common.draw` style of the landmark drawings the pose guider expects.
         width, height: default output size in pixels (multiples of the VAE's downsampling factor).
+        framing: :func:`lmk2video.framing.choose_framing` options the model was trained with (how large the
+            face is in the frame); generation and validation crop the reference with them. Empty: the defaults.
     """
 
     model_cpu_offload_seq = "image_encoder->reference_unet->pose_guider->denoising_unet->vae"
@@ -216,6 +218,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         landmark_style: str = "default",
         width: int = 512,
         height: int = 512,
+        framing: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -227,7 +230,12 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             pose_guider=pose_guider,
             scheduler=scheduler,
         )
-        self.register_to_config(landmark_style=landmark_style, width=int(width), height=int(height))
+        self.register_to_config(
+            landmark_style=landmark_style,
+            width=int(width),
+            height=int(height),
+            framing={k: float(v) for k, v in (framing or {}).items()},
+        )
 
     # ------------------------------------------------------------------------------------ checks
 
@@ -301,6 +309,17 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             get_style(self.config.landmark_style)
         except UserError as err:
             raise UserError(f"{source}: landmark_style: {err}") from None
+        from lmk2video.framing import check_framing_options
+
+        try:
+            check_framing_options(self.framing_options)
+        except UserError as err:
+            raise UserError(f"{source}: framing: {err}; {REBUILD_HINT}") from None
+
+    @property
+    def framing_options(self) -> dict[str, float]:
+        """The :func:`lmk2video.framing.choose_framing` options of this model (``framing`` in its config)."""
+        return dict(self.config.get("framing") or {})
 
     # ------------------------------------------------------------------------------------ loading
 
@@ -332,7 +351,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         if missing:
             raise UserError(f"{index_path} lacks the component(s) {', '.join(missing)}; {REBUILD_HINT}")
         components = {name: _load_component(root, name, index[name], torch_dtype) for name in COMPONENT_NAMES}
-        settings = {k: index[k] for k in ("landmark_style", "width", "height") if k in index}
+        settings = {k: index[k] for k in ("landmark_style", "width", "height", "framing") if k in index}
         pipe = cls(**components, **settings)
         pipe.check_components(str(root))
         return pipe

@@ -142,7 +142,7 @@ def render(
     from lmk2video.framing import LandmarkDrawings, frame_landmarks, frame_reference
 
     face = reference.landmarks2d[0] if reference.landmarks2d is not None else reference.project()[0]
-    framed, framing = frame_reference(image, face, size, pad_mode=options.pad_mode)
+    framed, framing = frame_reference(image, face, size, pad_mode=options.pad_mode, **pipe.framing_options)
     points, reference_points = frame_landmarks(sequence, reference, framing)
     style = pipe.config.landmark_style
     drawings = LandmarkDrawings(points, size, style)

@@ -38,6 +38,13 @@ def build(cfg: DictConfig) -> tuple[object, object]:
     validation = OmegaConf.to_container(cfg.val, resolve=True)
     if validation.get("face_model") is not None:
         validation["face_model"] = str(_resolve(work_dir, validation["face_model"]))
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    # The crop the model is trained with travels in its folder (generation frames references with it);
+    # data.framing null: the model's own (the choose_framing defaults for a new model).
+    if data.get("framing") is None:
+        data["framing"] = pipe.framing_options
+    pipe.register_to_config(framing={k: float(v) for k, v in data["framing"].items()})
+    pipe.check_components("data.framing")
     module = LandmarkVideoModule(
         pipe,
         stage=int(cfg.stage),
@@ -50,7 +57,6 @@ def build(cfg: DictConfig) -> tuple[object, object]:
         seed=int(cfg.seed),
         media_dir=Path(cfg.paths.output_dir) / "media",
     )
-    data = OmegaConf.to_container(cfg.data, resolve=True)
     datamodule = LandmarkVideoDataModule(
         **data,
         height=pipe.config.height,

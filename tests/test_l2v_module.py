@@ -131,9 +131,33 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
 
 def test_min_snr_weights() -> None:
     snr = torch.tensor([0.0, 1.0, 5.0, 10.0])
-    torch.testing.assert_close(snr_weights(snr, 5.0), torch.tensor([0.0, 0.5, 5 / 6, 5 / 11]))
+    # AniPortrait's form (the default): min(SNR + 1, g) / (SNR + 1), full weight at pure noise.
+    torch.testing.assert_close(snr_weights(snr, 5.0), torch.tensor([1.0, 1.0, 5 / 6, 5 / 11]))
+    torch.testing.assert_close(
+        snr_weights(snr, 5.0, weighting="min_snr"), torch.tensor([0.0, 0.5, 5 / 6, 5 / 11])
+    )
     torch.testing.assert_close(snr_weights(snr, 5.0, "epsilon"), torch.tensor([0.0, 1.0, 1.0, 0.5]))
     torch.testing.assert_close(snr_weights(snr, None), torch.ones(4))
+    with pytest.raises(UserError, match="weighting"):
+        snr_weights(snr, 5.0, weighting="plain")
+
+
+def test_training_weights_keep_the_high_noise_timesteps_and_the_schedule_is_a_setting() -> None:
+    # Zero terminal SNR: the last timestep is pure noise; AniPortrait's weighting keeps it at weight 1.
+    m = module(1)
+    scheduler = m.noise_scheduler
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    last = snr_weights(snr[-1:], 5.0)
+    assert float(last) == 1.0 and float(snr_weights(snr[-1:], 5.0, weighting="min_snr")) == 0.0
+    # ... and every timestep above 800 keeps at least weight 0.5 (the plain form gives them < 0.01).
+    assert float(snr_weights(snr[800:], 5.0).min()) > 0.5
+    assert scheduler.config.beta_schedule == m.inference_scheduler_config["beta_schedule"]
+    scaled = module(1, loss={"beta_schedule": "scaled_linear"})
+    assert scaled.noise_scheduler.config.beta_schedule == "scaled_linear"
+    assert not torch.equal(scaled.noise_scheduler.alphas_cumprod, alphas)
+    with pytest.raises(UserError, match="beta_schedule"):
+        module(1, loss={"beta_schedule": "cubic"})
 
 
 def test_ema_math_swap_and_state() -> None:
