@@ -44,6 +44,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from audio2lmk.encoders.phoneme import HOP, decode_phones, phone_frames
 from common.audio import SAMPLE_RATE, load_audio
 from common.edit import neutral_frame, resample_fps
 from common.errors import UserError
@@ -65,7 +66,8 @@ class ClipData:
 
     ``offsets`` (T, 468, 3) float32 cm: mesh minus ``reference_mesh`` (468, 3), the clip's most
     neutral frame (index ``neutral``). ``pose`` (T, 6) float64: absolute head pose. ``audio``
-    (N,) float32, 16 kHz mono.
+    (N,) float32, 16 kHz mono. ``phones`` (N // 160 + 1,) int64: the speech's phone ids
+    (:func:`audio2lmk.encoders.phoneme.decode_phones`), when the data module decodes them.
     """
 
     id: str
@@ -76,6 +78,7 @@ class ClipData:
     neutral: int
     pose: np.ndarray
     audio: np.ndarray
+    phones: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -89,8 +92,8 @@ def frames_at(record: ClipRecord, fps: float) -> int:
     return max(1, math.floor(record.frames * fps / record.fps + 0.5))
 
 
-def load_clip(record: ClipRecord, fps: float) -> ClipData:
-    """Read a clip of the index (landmarks + wav) as :class:`ClipData` at ``fps``."""
+def load_clip(record: ClipRecord, fps: float, phones: bool = False) -> ClipData:
+    """Read a clip of the index (landmarks + wav) as :class:`ClipData` at ``fps`` (``phones``: decode them)."""
     seq = LandmarkSequence.load(record.landmarks)
     if seq.fps != fps:
         seq = resample_fps(seq, fps)
@@ -106,6 +109,7 @@ def load_clip(record: ClipRecord, fps: float) -> ClipData:
         neutral=neutral,
         pose=seq.pose.astype(np.float64),
         audio=audio.astype(np.float32, copy=False),
+        phones=decode_phones(audio) if phones else None,
     )
 
 
@@ -116,10 +120,17 @@ class ClipStore:
     cache.
     """
 
-    def __init__(self, records: Sequence[ClipRecord], fps: float, cache_clips: int | None = None) -> None:
+    def __init__(
+        self,
+        records: Sequence[ClipRecord],
+        fps: float,
+        cache_clips: int | None = None,
+        phones: bool = False,
+    ) -> None:
         self.records = list(records)
         self.fps = float(fps)
         self.cache_clips = cache_clips
+        self.phones = bool(phones)
         self._cache: OrderedDict[int, ClipData] = OrderedDict()
 
     def __len__(self) -> int:
@@ -138,7 +149,7 @@ class ClipStore:
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
-        clip = load_clip(self.records[i], self.fps)
+        clip = load_clip(self.records[i], self.fps, self.phones)
         self._cache[i] = clip
         if self.cache_clips is not None and len(self._cache) > self.cache_clips:
             self._cache.popitem(last=False)
@@ -194,7 +205,13 @@ def make_window(clip: ClipData, start: int, length: int, rate: float = 1.0) -> d
         piece = resample_poly(piece, ratio.numerator, ratio.denominator).astype(np.float32)
     audio = np.zeros(size, np.float32)
     audio[: min(size, len(piece))] = piece[:size]
-    return {"audio": audio, "offsets": offsets, "pose": pose, "mask": mask}
+    window = {"audio": audio, "offsets": offsets, "pose": pose, "mask": mask}
+    if clip.phones is not None:
+        # The clip's phones on the window's 10 ms grid (at ``rate`` clip frames per window frame).
+        where = np.rint(a / HOP + np.arange(phone_frames(size)) * float(rate)).astype(np.int64)
+        inside = where < len(clip.phones)
+        window["phones"] = np.where(inside, clip.phones[np.minimum(where, len(clip.phones) - 1)], 0)
+    return window
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,7 +383,7 @@ def collate_windows(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     def pad(x: np.ndarray, size: int) -> np.ndarray:
         return np.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
-    return {
+    batch = {
         "audio": torch.from_numpy(np.stack([pad(it["audio"], samples) for it in items])),
         "offsets": torch.from_numpy(np.stack([pad(it["offsets"], frames) for it in items])),
         "pose": torch.from_numpy(np.stack([pad(it["pose"], frames) for it in items])),
@@ -374,6 +391,10 @@ def collate_windows(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "style": torch.tensor([it["style"] for it in items], dtype=torch.long),
         "clip": torch.tensor([it["clip"] for it in items], dtype=torch.long),
     }
+    if "phones" in items[0]:
+        longest = max(len(it["phones"]) for it in items)
+        batch["phones"] = torch.from_numpy(np.stack([pad(it["phones"], longest) for it in items]))
+    return batch
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,6 +425,8 @@ class Audio2LmkDataModule(pl.LightningDataModule):
         center_targets: train on offsets whose per-clip mean is replaced by the training clips'
             mean (:func:`centering_shifts`); validation targets are unchanged.
         cache_clips: clips each process keeps in memory (None: all).
+        phones: decode every clip's phones once (PocketSphinx) and give each window its slice
+            (``phones``), for phoneme encoders; off, they decode each window themselves.
     """
 
     def __init__(
@@ -427,6 +450,7 @@ class Audio2LmkDataModule(pl.LightningDataModule):
         speed: Sequence[float] | None = None,
         center_targets: bool = False,
         cache_clips: int | None = None,
+        phones: bool = False,
     ) -> None:
         super().__init__()
         if (index is None) == (source_dir is None):
@@ -450,6 +474,7 @@ class Audio2LmkDataModule(pl.LightningDataModule):
         self.speed = None if speed is None else (float(speed[0]), float(speed[1]))
         self.center_targets = bool(center_targets)
         self.cache_clips = cache_clips
+        self.phones = bool(phones)
         self.train_records: list[ClipRecord] = []
         self.val_records: list[ClipRecord] = []
         self.train_speakers: list[str] = []
@@ -500,7 +525,7 @@ class Audio2LmkDataModule(pl.LightningDataModule):
         }
 
     def train_dataset(self) -> TrainWindows:
-        store = ClipStore(self.train_records, self.fps, self.cache_clips).preload()
+        store = ClipStore(self.train_records, self.fps, self.cache_clips, self.phones).preload()
         styles = [self.style_ids[c.speaker] for c in self.train_records]
         shifts = centering_shifts(store) if self.center_targets else None
         return TrainWindows(
@@ -515,7 +540,7 @@ class Audio2LmkDataModule(pl.LightningDataModule):
         )
 
     def val_dataset(self) -> ValWindows:
-        store = ClipStore(self.val_records, self.fps, self.cache_clips).preload()
+        store = ClipStore(self.val_records, self.fps, self.cache_clips, self.phones).preload()
         styles = [i % max(len(self.train_speakers), 1) for i in range(len(self.val_records))]
         return ValWindows(store, styles, self.val_window_frames)
 

@@ -137,7 +137,7 @@ class Audio2LmkModule(pl.LightningModule):
         preds: dict[str, torch.Tensor] = {}
         total = audio.new_zeros(())
         if self.mesh_model is not None:
-            pred, target = self.mesh_model(audio, frames), batch["offsets"]
+            pred, target = self.mesh_model(audio, frames, phones=batch.get("phones")), batch["offsets"]
             preds["offsets"] = pred
             mesh = parts["mesh_l1"] = masked_l1(pred, target, mask)
             if self.lip_weight:
@@ -151,7 +151,7 @@ class Audio2LmkModule(pl.LightningModule):
             total = total + self.mesh_weight * mesh
         if self.pose_model is not None:
             target = batch["pose"]
-            pred = self.pose_model(audio, shift_poses(target), batch["style"])
+            pred = self.pose_model(audio, shift_poses(target), batch["style"], phones=batch.get("phones"))
             preds["pose"] = pred
             pose = parts["pose_l1"] = masked_l1(pred, target, mask)
             if self.velocity_weight:
@@ -184,7 +184,10 @@ class Audio2LmkModule(pl.LightningModule):
         pose_pred = preds.get("pose")
         if self.pose_model is not None and self.generate_val_poses:
             pose_pred = self.pose_model.generate(
-                batch["audio"], num_frames=batch["mask"].shape[1], style=batch["style"]
+                batch["audio"],
+                num_frames=batch["mask"].shape[1],
+                style=batch["style"],
+                phones=batch.get("phones"),
             )
         self.val_metrics.update(
             batch["clip"],

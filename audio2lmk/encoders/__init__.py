@@ -1,6 +1,6 @@
 """Audio encoders chosen by config: ``{"type": "wav2vec2" | "mel", ...kwargs}``.
 
-Every encoder maps 16 kHz mono waveforms ``(B, N)`` to per-video-frame features ``(B, T, D)``;
+``phoneme``: :class:`PhonemeAudioEncoder` (English phones from PocketSphinx). Every encoder maps 16 kHz mono waveforms ``(B, N)`` to per-video-frame features ``(B, T, D)``;
 see :mod:`audio2lmk.encoders.base`.
 """
 
@@ -11,11 +11,13 @@ from typing import Any
 
 from audio2lmk.encoders.base import AudioEncoder, resample_to_frames, run_windowed
 from audio2lmk.encoders.mel import MelAudioEncoder
+from audio2lmk.encoders.phoneme import PhonemeAudioEncoder
 from audio2lmk.encoders.wav2vec2 import DEFAULT_WAV2VEC2, Wav2Vec2AudioEncoder
 
 ENCODER_TYPES: dict[str, type[AudioEncoder]] = {
     "wav2vec2": Wav2Vec2AudioEncoder,
     "mel": MelAudioEncoder,
+    "phoneme": PhonemeAudioEncoder,
 }
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "ENCODER_TYPES",
     "AudioEncoder",
     "MelAudioEncoder",
+    "PhonemeAudioEncoder",
     "Wav2Vec2AudioEncoder",
     "build_audio_encoder",
     "resample_to_frames",
@@ -34,7 +37,7 @@ def build_audio_encoder(config: Mapping[str, Any]) -> AudioEncoder:
     """Build an encoder from ``{"type": NAME, **kwargs}`` (an OmegaConf node works too).
 
     ``wav2vec2``: :class:`Wav2Vec2AudioEncoder` (``pretrained=NAME_OR_FOLDER`` or ``config={...}``);
-    ``mel``: :class:`MelAudioEncoder`.
+    ``mel``: :class:`MelAudioEncoder`; ``phoneme``: :class:`PhonemeAudioEncoder`.
     """
     kwargs = _plain(config)
     if not isinstance(kwargs, dict) or "type" not in kwargs:

@@ -32,6 +32,8 @@ class AudioEncoder(nn.Module):
 
     sample_rate: int = SAMPLE_RATE
     output_dim: int
+    # Encoders that read phone ids (:mod:`audio2lmk.encoders.phoneme`) take them as ``forward(..., phones=)``.
+    uses_phones: bool = False
 
     def __init__(self, window_seconds: float = 30.0, context_seconds: float = 5.0) -> None:
         super().__init__()
@@ -49,6 +51,14 @@ class AudioEncoder(nn.Module):
     def forward(self, audio: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Encode ``audio`` (B, N) float 16 kHz into ``(B, num_frames, output_dim)`` features."""
         raise NotImplementedError
+
+    def encode(
+        self, audio: torch.Tensor, num_frames: int, phones: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``forward``, with the clip's precomputed phone ids (B, N // 160 + 1) for encoders that use them."""
+        if self.uses_phones:
+            return self(audio, num_frames, phones=phones)
+        return self(audio, num_frames)
 
     def freeze_feature_encoder(self) -> None:
         """Stop gradients into the frame-local front end (a no-op where there is nothing to freeze)."""

@@ -77,6 +77,7 @@ class Audio2MeshModel(StrictLoadMixin, ModelMixin, ConfigMixin):
         audio: torch.Tensor,
         num_frames: int | None = None,
         reference_mesh: torch.Tensor | None = None,
+        phones: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the mesh sequence.
 
@@ -84,12 +85,13 @@ class Audio2MeshModel(StrictLoadMixin, ModelMixin, ConfigMixin):
             audio: ``(B, N)`` float waveforms, 16 kHz mono.
             num_frames: output frames ``T``; default :meth:`num_frames` of ``N``.
             reference_mesh: ``(468, 3)`` or ``(B, 468, 3)`` neutral mesh to add the offsets to.
+            phones: the audio's phone ids for a phoneme encoder (:meth:`AudioEncoder.encode`), if known.
 
         Returns:
             ``(B, T, 468, 3)``: offsets, or reference mesh + offsets when one is given.
         """
         frames = self.num_frames(audio.shape[1]) if num_frames is None else int(num_frames)
-        hidden = self.audio_encoder(audio, frames)
+        hidden = self.audio_encoder.encode(audio, frames, phones)
         for layer in self.head[:-1]:
             hidden = self.activation(layer(hidden))
         offsets = self.head[-1](hidden).unflatten(-1, (self.num_vertices, 3))

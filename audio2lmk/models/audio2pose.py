@@ -142,10 +142,12 @@ class Audio2PoseModel(StrictLoadMixin, ModelMixin, ConfigMixin):
         """Freeze the audio encoder's frame-local front end (wav2vec2's CNN)."""
         self.audio_encoder.freeze_feature_encoder()
 
-    def encode_audio(self, audio: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
-        """Audio ``(B, N)`` 16 kHz -> decoder memory ``(B, T, hidden_size)``."""
+    def encode_audio(
+        self, audio: torch.Tensor, num_frames: int | None = None, phones: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Audio ``(B, N)`` 16 kHz (and its phone ids, if known) -> decoder memory ``(B, T, hidden_size)``."""
         frames = self.num_frames(audio.shape[1]) if num_frames is None else int(num_frames)
-        return self.audio_proj(self.audio_encoder(audio, frames))
+        return self.audio_proj(self.audio_encoder.encode(audio, frames, phones))
 
     def draw_style(self, batch_size: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         """Style ids ``(batch_size,)`` drawn uniformly from ``generator`` (the seed decides the style)."""
@@ -204,6 +206,7 @@ class Audio2PoseModel(StrictLoadMixin, ModelMixin, ConfigMixin):
         audio: torch.Tensor,
         pose_prev: torch.Tensor,
         style_ids: torch.Tensor,
+        phones: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced training pass.
 
@@ -211,11 +214,12 @@ class Audio2PoseModel(StrictLoadMixin, ModelMixin, ConfigMixin):
             audio: ``(B, N)`` 16 kHz waveforms covering the ``T`` frames.
             pose_prev: ``(B, T, P)`` previous-frame poses, ``shift_poses(target, initial_pose)``.
             style_ids: ``(B,)`` long style ids (e.g. one per training speaker or clip).
+            phones: the audio's phone ids for a phoneme encoder, if known.
 
         Returns:
             ``(B, T, P)`` predicted poses.
         """
-        memory = self.encode_audio(audio, pose_prev.shape[1])
+        memory = self.encode_audio(audio, pose_prev.shape[1], phones)
         return self.decode(memory, pose_prev, style_ids.to(memory.device))
 
     # ------------------------------------------------------------------ generation
@@ -232,6 +236,7 @@ class Audio2PoseModel(StrictLoadMixin, ModelMixin, ConfigMixin):
         seed: int | None = None,
         initial_pose: torch.Tensor | None = None,
         use_cache: bool = True,
+        phones: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Generate poses autoregressively for a whole clip, any length from one frame up.
 
@@ -244,6 +249,7 @@ class Audio2PoseModel(StrictLoadMixin, ModelMixin, ConfigMixin):
             initial_pose: ``(P,)`` or ``(B, P)`` pose before the first frame; default zeros.
             use_cache: decode with the key/value cache (linear time). ``False`` recomputes the
                 whole prefix for every frame (quadratic; the reference the cache must equal).
+            phones: the audio's phone ids for a phoneme encoder, if known.
 
         Returns:
             ``(B, T, P)`` poses. Dropout is off during generation whatever the module's mode.
@@ -254,7 +260,7 @@ class Audio2PoseModel(StrictLoadMixin, ModelMixin, ConfigMixin):
         self.eval()
         try:
             if memory is None:
-                memory = self.encode_audio(audio, num_frames)
+                memory = self.encode_audio(audio, num_frames, phones)
             if seed is not None:
                 generator = torch.Generator().manual_seed(int(seed))
             batch, frames = memory.shape[0], memory.shape[1]
