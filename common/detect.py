@@ -2,8 +2,9 @@
 
 Model asset lookup, in order: an explicit path -> the ``TALKING_PORTRAIT_FACE_MODEL`` environment
 variable -> the user cache (``$TALKING_PORTRAIT_CACHE`` or ``$XDG_CACHE_HOME/talking_portrait`` or
-``~/.cache/talking_portrait``) -> a download from MediaPipe's published URL, checked against its
-SHA-256. Offline with no model, one error says where to put the file.
+``~/.cache/talking_portrait``) -> the copy bundled with the package (``common/data``, so that everything
+runs offline) -> a download from MediaPipe's published URL, checked against its SHA-256. With none of
+them (offline, no bundled copy), one error says where to put the file.
 
 Frames without a face in videos (documented policy, see :func:`fill_gaps`): gaps of up to
 ``max_gap`` seconds between detected frames are interpolated linearly in landmark space and
@@ -41,6 +42,7 @@ CACHE_ENV = "TALKING_PORTRAIT_CACHE"
 MODEL_FILENAME = "face_landmarker_v2_with_blendshapes.task"
 MODEL_URL = "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task"
 MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+BUNDLED_MODEL = Path(__file__).resolve().parent / "data" / MODEL_FILENAME
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,6 +108,8 @@ def resolve_face_model(path: str | os.PathLike | None = None, download: bool = T
     cached = cache_dir() / MODEL_FILENAME
     if cached.is_file():
         return cached
+    if BUNDLED_MODEL.is_file():
+        return BUNDLED_MODEL
     if not download:
         raise UserError(
             f"face landmarker model not found: put {MODEL_FILENAME} at {cached} or set {MODEL_ENV} "

@@ -1,52 +1,59 @@
-"""``make demo`` (``python -m lmk2video.demo``): speech -> landmarks -> video on the sample data, with the models that are there.
+"""``make demo`` (``python -m lmk2video.demo``): speech -> landmarks -> talking video, offline, with the sample models.
 
 1. extract the 3D mesh and head pose from a real talking clip;
-2. edit them (smooth, exaggerate the mouth) and retarget them onto a portrait;
+2. edit them (smooth, exaggerate the mouth) and retarget them onto another portrait;
 3. render landmark preview videos with the clip's speech muxed in;
-4. speech -> landmarks on the portrait's face with the audio2lmk model folder ``--audio2lmk-model``
-   (default ``models/audio2lmk``), rendered as a preview with the speech;
+4. speech -> landmarks (at most ``--seconds`` of ``--speech``, audio no model was trained on) on the face of
+   ``--reference`` (a frame of a speaker the sample lmk2video model was trained on) with the audio2lmk model
+   folder ``--audio2lmk-model`` (default ``models/sample/audio2lmk``), previewed with the speech;
 5. landmarks -> video with the lmk2video model folder ``--lmk2video-model`` (default
-   ``models/lmk2video``): the speech-driven landmarks of step 4 (else the retargeted clip of step 2).
+   ``models/sample/lmk2video``), the speech muxed in: ``OUT/talking.mp4``;
+6. the same speech as landmarks on ``--portrait`` (another face), previewed;
 
-Steps 4 and 5 need trained weights; without a model folder the demo says which command makes one
-and carries on. Outputs go to ``outputs/demo/`` (or ``--out``) and are replaced on every run. Inputs default to ../shared beside
-the checkout; ``--video``/``--audio``/``--portrait``/``--speech`` take your own files.
+then the evaluation table of ``talking.mp4`` (:mod:`common.evaluation`, no real video: face detection,
+identity against the reference, lip sync against the speech, and how well the mouth follows the driving
+landmarks) against the reference held still, written to ``OUT/evaluation``.
+
+Every input ships with the repository (``examples/sample``, MediaPipe's model in ``common/data``), so the demo
+runs in any clone, offline. Steps 4-6 need model folders; without one the demo says which command makes it and
+carries on. Outputs go to ``outputs/demo/`` (or ``--out``) and are replaced on every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
+import shutil
+import time
 from pathlib import Path
 
-from common.config import shared_dir
+import numpy as np
+
 from common.errors import UserError, exit_on_user_error
+from talking_portrait import CHECKOUT
 
-SHARED = shared_dir() / "data"
-
-
-def _default(path: Path) -> str | None:
-    return str(path) if path.exists() else None
+# The checkout's sample files and models (an installed package has none: run the demo from a clone).
+ROOT = CHECKOUT if CHECKOUT is not None else Path.cwd()
+SAMPLE = ROOT / "examples" / "sample"
+MODELS = ROOT / "models" / "sample"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmk2video.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--video", default=str(SAMPLE / "obama_clip1.mp4"), help="talking-head clip (steps 1-3)")
+    p.add_argument("--audio", default=str(SAMPLE / "obama_clip1.wav"), help="its speech")
     p.add_argument(
-        "--video", default=_default(SHARED / "talking" / "Obama_clip1.mp4"), help="talking-head clip"
-    )
-    p.add_argument("--audio", default=_default(SHARED / "talking" / "Obama_clip1.wav"), help="its speech")
-    p.add_argument(
-        "--portrait", default=_default(SHARED / "portraits" / "photo_woman.jpg"), help="reference image"
+        "--reference", default=str(SAMPLE / "reference_obama.png"), help="face of the talking video (step 5)"
     )
     p.add_argument(
-        "--speech", default=_default(SHARED / "speech" / "en_24k_mono.mp3"), help="speech for steps 4-5"
+        "--portrait", default=str(SAMPLE / "portrait_kristi.png"), help="another face (steps 2 and 6)"
     )
-    p.add_argument("--audio2lmk-model", default="models/audio2lmk", help="step 4")
-    p.add_argument("--lmk2video-model", default="models/lmk2video", help="step 5")
+    p.add_argument("--speech", default=str(SAMPLE / "speech_en.wav"), help="speech for steps 4-6")
+    p.add_argument("--audio2lmk-model", default=str(MODELS / "audio2lmk"), help="model folder of step 4")
+    p.add_argument("--lmk2video-model", default=str(MODELS / "lmk2video"), help="model folder of step 5")
     p.add_argument("--steps", type=int, default=25, help="denoising steps of step 5")
     p.add_argument("--out", default="outputs/demo", help="output folder")
-    p.add_argument("--seconds", type=float, default=8.0, help="length of the demo excerpt")
+    p.add_argument("--seconds", type=float, default=6.0, help="length of the clip excerpt and of the speech")
     return p
 
 
@@ -56,77 +63,80 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    if not (args.video and args.audio and args.portrait):
-        raise UserError(
-            "the demo's sample clip is in ../shared/data beside the checkout; without it give --video CLIP.mp4 "
-            "--audio SPEECH.wav --portrait IMAGE.jpg"
-        )
-    model = SHARED / "mediapipe" / "face_landmarker_v2_with_blendshapes.task"
-    if "TALKING_PORTRAIT_FACE_MODEL" not in os.environ and model.is_file():
-        os.environ["TALKING_PORTRAIT_FACE_MODEL"] = str(model)  # offline machines: the shared copy
+    for option in ("video", "audio", "reference", "portrait", "speech"):
+        if not Path(getattr(args, option)).is_file():
+            raise UserError(
+                f"--{option} {getattr(args, option)}: no such file (the demo's sample files are in "
+                f"examples/sample of the checkout); give your own with --{option} FILE"
+            )
+    if args.seconds <= 0 or args.steps < 1:
+        raise UserError(f"--seconds {args.seconds} and --steps {args.steps} must be positive")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     full, clip, edited, retargeted = (
         out / n for n in ("clip.npz", "excerpt.npz", "edited.npz", "retargeted.npz")
     )
 
-    print(f"[1/5] extracting landmarks from {args.video}")
+    print(f"[1/6] extracting landmarks from {args.video}")
     lmk(["extract", args.video, "-o", str(full), "--overwrite"])
     lmk(["info", str(full)])
 
-    print("[2/5] editing: trim, smooth, exaggerate the mouth; retarget onto the portrait")
+    print("[2/6] editing: trim, smooth, exaggerate the mouth; retarget onto the portrait")
     lmk(["edit", str(full), "-o", str(clip), "--trim", f":{args.seconds}", "--overwrite"])
     lmk(["edit", str(clip), "-o", str(edited), "--smooth", "3", "--mouth-scale", "1.5", "--overwrite"])
     lmk(["retarget", str(edited), "--reference", args.portrait, "-o", str(retargeted), "--overwrite"])
 
-    print("[3/5] rendering previews with audio")
+    print("[3/6] rendering previews with audio")
     for name, style in (
         (clip, "default"),
         (edited, "default"),
         (retargeted, "default"),
         (edited, "aniportrait"),
     ):
-        video = out / f"{name.stem}_{style}.mp4"
         size = [] if name == retargeted else ["--size", "512x512"]
-        lmk(
-            [
-                "render",
-                str(name),
-                "-o",
-                str(video),
-                "--audio",
-                args.audio,
-                "--style",
-                style,
-                "-q",
-                "--overwrite",
-                *size,
-            ]
-        )
-    talk = _speech_to_landmarks(args, out)
-    _landmarks_to_video(args, out, talk, retargeted)
-    print(f"done: outputs in {out}")
+        video = out / f"{name.stem}_{style}.mp4"
+        lmk(["render", str(name), "-o", str(video), "--audio", args.audio, "--style", style, "-q", "--overwrite",
+             *size])  # fmt: skip
+    speech = _cut_speech(args.speech, args.seconds, out / "speech.wav")
+    talk = _speech_to_landmarks(args, speech, out)
+    talking = _landmarks_to_video(args, out, talk, speech)
+    _speech_on_portrait(args, speech, out)
+    if talking is not None:
+        print("evaluation of the talking video (common.evaluation; no real video of this speech exists):")
+        evaluate_demo(talking, talk, args.reference, out / "evaluation")
+    print(f"done in {time.perf_counter() - start:.0f} s: outputs in {out}")
+    if talking is not None:
+        print(f"the talking video: {talking}")
 
 
-def _speech_to_landmarks(args: argparse.Namespace, out: Path) -> Path | None:
-    """Step 4: the landmark file made from ``args.speech``, or None when there is no model."""
+def _cut_speech(path: str, seconds: float, dest: Path) -> Path:
+    """At most ``seconds`` of the speech, as 16 kHz mono wav (checked: decodable, not silent)."""
+    from common.audio import SAMPLE_RATE, load_audio
+    from common.corpus import write_wav
+
+    audio = load_audio(path, SAMPLE_RATE)
+    return write_wav(dest, audio[: round(seconds * SAMPLE_RATE)], SAMPLE_RATE)
+
+
+def _speech_to_landmarks(args: argparse.Namespace, speech: Path, out: Path) -> Path | None:
+    """Step 4: the landmark file made from the speech on the reference's face, or None without a model."""
     from common.detect import load_reference
     from common.lmk import main as lmk
 
     model = Path(args.audio2lmk_model)
     if not (model / "audio2lmk.json").is_file():
         print(
-            f"[4/5] skipped speech -> landmarks: no audio2lmk model folder at {model}. Train one with\n"
-            f"        python -m audio2lmk.train experiment=mel_small export_dir={model}\n"
-            "      (about ten minutes on a CPU, on ../shared/data/talking), or pass --audio2lmk-model DIR"
+            f"[4/6] skipped speech -> landmarks: no audio2lmk model folder at {model}. Train one with\n"
+            f"        python -m audio2lmk.train experiment=sample_audio2lmk export_dir={model}\n"
+            "      (on ../shared/data/talking; see models/sample/audio2lmk/MODEL_CARD.md), or pass "
+            "--audio2lmk-model DIR"
         )
         return None
-    if not args.speech:
-        raise UserError("step 4 needs speech: pass --speech FILE (wav, mp3, m4a, flac, ...)")
     from audio2lmk.inference import audio_to_landmarks, load_audio2lmk
 
-    print(f"[4/5] speech -> landmarks: {args.speech} on {args.portrait} with {model}")
-    sequence = audio_to_landmarks(load_audio2lmk(model), args.speech, load_reference(args.portrait), seed=0)
+    print(f"[4/6] speech -> landmarks: {args.speech} on {args.reference} with {model}")
+    sequence = audio_to_landmarks(load_audio2lmk(model), speech, load_reference(args.reference), seed=0)
     talk = sequence.save(out / "speech.npz")
     lmk(
         [
@@ -135,7 +145,7 @@ def _speech_to_landmarks(args: argparse.Namespace, out: Path) -> Path | None:
             "-o",
             str(out / "speech_default.mp4"),
             "--audio",
-            args.speech,
+            str(speech),
             "-q",
             "--overwrite",
         ]
@@ -143,33 +153,108 @@ def _speech_to_landmarks(args: argparse.Namespace, out: Path) -> Path | None:
     return talk
 
 
-def _landmarks_to_video(args: argparse.Namespace, out: Path, talk: Path | None, retargeted: Path) -> None:
-    """Step 5: a video of the portrait from ``talk`` (with the speech) or else the retargeted clip."""
+def _landmarks_to_video(args: argparse.Namespace, out: Path, talk: Path | None, speech: Path) -> Path | None:
+    """Step 5: ``OUT/talking.mp4`` of the reference following ``talk``, with the speech."""
     model = Path(args.lmk2video_model)
     if not (model / "model_index.json").is_file():
         print(
-            f"[5/5] skipped landmarks -> video: no lmk2video model folder at {model}. Train one (stage 1, then\n"
-            "      stage 2, on GPUs: see the README's 'Training at full scale'), e.g.\n"
-            f"        python -m lmk2video.train experiment=sd15_stage1 data.index=DATA ... export_dir={model}\n"
-            "      or pass --lmk2video-model DIR. (python -m lmk2video.init experiment=tiny_stage2 out=DIR makes an\n"
-            "      untrained tiny model: it runs the whole path in seconds but renders noise.)"
+            f"[5/6] skipped landmarks -> video: no lmk2video model folder at {model}. Train the sample one with\n"
+            f"        python -m lmk2video.train experiment=sample_lmk2video export_dir={model}\n"
+            "      (see models/sample/lmk2video/MODEL_CARD.md), a full-scale one on GPUs (the README's 'Training\n"
+            "      at full scale'), or pass --lmk2video-model DIR"
         )
-        return
+        return None
+    if talk is None:
+        print("[5/6] skipped landmarks -> video: step 4 made no landmarks")
+        return None
     from lmk2video.generation import GenerateSettings, generate
 
-    landmarks, audio = (talk, args.speech) if talk is not None else (retargeted, None)
-    print(f"[5/5] landmarks -> video: {landmarks} on {args.portrait} with {model} ({args.steps} steps)")
+    print(f"[5/6] landmarks -> video: {talk} on {args.reference} with {model} ({args.steps} steps)")
     values = {
         "model": str(model),
-        "reference": args.portrait,
-        "landmarks": str(landmarks),
-        "audio": audio,
-        "out": str(out / "video.mp4"),
+        "reference": args.reference,
+        "landmarks": str(talk),
+        "audio": str(speech),
+        "out": str(out / "talking.mp4"),
         "steps": args.steps,
-        "grid": True,
         "overwrite": True,
     }
-    generate(GenerateSettings.from_config(values, Path.cwd()))
+    return generate(GenerateSettings.from_config(values, Path.cwd()))
+
+
+def _speech_on_portrait(args: argparse.Namespace, speech: Path, out: Path) -> None:
+    """Step 6: the speech as landmarks on the other portrait, previewed."""
+    from common.detect import load_reference
+    from common.lmk import main as lmk
+
+    model = Path(args.audio2lmk_model)
+    if not (model / "audio2lmk.json").is_file():
+        print("[6/6] skipped the speech on the portrait: no audio2lmk model")
+        return
+    from audio2lmk.inference import audio_to_landmarks, load_audio2lmk
+
+    print(f"[6/6] the same speech on {args.portrait}: landmark preview")
+    sequence = audio_to_landmarks(load_audio2lmk(model), speech, load_reference(args.portrait), seed=0)
+    path = sequence.save(out / "speech_on_portrait.npz")
+    lmk(["render", str(path), "-o", str(out / "speech_on_portrait.mp4"), "--audio", str(speech), "-q",
+         "--overwrite"])  # fmt: skip
+
+
+def evaluate_demo(talking: Path, landmarks: Path, reference: str, out: Path) -> dict:
+    """Score ``talking`` (and the reference held still, with the same speech) with :mod:`common.evaluation`,
+    plus the correlation of its mouth opening with that of the driving ``landmarks``; writes and prints the
+    report (``out/report.json``, ``report.md``, plots); returns it."""
+    from common.detect import read_image
+    from common.edit import mouth_opening
+    from common.evaluation.report import publish
+    from common.evaluation.run import EvalOptions, evaluate_folders
+    from common.evaluation.scores import pearson
+    from common.evaluation.stats import summarize
+    from common.lmkfile import LandmarkSequence
+    from common.video import probe_video, write_video
+
+    systems = {"sample model": out / "videos" / "sample", "reference still": out / "videos" / "still"}
+    if out.exists():
+        shutil.rmtree(out)
+    for folder in (*systems.values(), out / "references"):
+        folder.mkdir(parents=True)
+    shutil.copy(talking, systems["sample model"] / "talking.mp4")
+    image = read_image(reference)
+    shutil.copy(reference, out / "references" / f"talking{Path(reference).suffix.lower()}")
+    info = probe_video(talking)
+    still = np.repeat(_fit(image, info.height, info.width)[None], info.num_frames, axis=0)
+    speech = talking.with_name("speech.wav")
+    write_video(systems["reference still"] / "talking.mp4", still, info.fps, audio=speech)
+    options = EvalOptions(identity=_has_identity(), progress=False)
+    report, series = evaluate_folders(None, systems, out / "references", options)
+    driving = mouth_opening(LandmarkSequence.load(landmarks).mesh)
+    for name in systems:
+        value, reason = pearson(series[name]["talking"]["mouth"], driving, still=1e-3)
+        entry = report["systems"][name]
+        # Metrics against a real video do not apply here: leave them out of the notes.
+        notes = entry["not_computed"].get("talking", {})
+        for metric in [m for m, why in notes.items() if why.startswith("no real video")]:
+            del notes[metric]
+        entry["clips"]["talking"]["driving_mouth_corr"] = value
+        if reason is not None:
+            entry["not_computed"].setdefault("talking", {})["driving_mouth_corr"] = reason
+        entry["summary"]["driving_mouth_corr"] = summarize([value])
+    publish(report, series, out)
+    return report
+
+
+def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The reference resized to the video's size (the still baseline)."""
+    import cv2
+
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _has_identity() -> bool:
+    """Whether the identity metric's packages (the ``eval`` extra: dlib, face-recognition-models) are there."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("dlib", "face_recognition_models"))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,18 @@ from tests.conftest import shared_file
 def clean_env(monkeypatch, tmp_path):
     monkeypatch.delenv(detect.MODEL_ENV, raising=False)
     monkeypatch.setenv(detect.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(detect, "BUNDLED_MODEL", tmp_path / "no_bundled_copy.task")
     return tmp_path
+
+
+def test_the_bundled_model_is_mediapipes_and_comes_before_the_download(monkeypatch, tmp_path):
+    # Shipped as package data (common/data), so extraction works offline in any clone or install.
+    assert detect.BUNDLED_MODEL.is_file()
+    assert detect.sha256_of(detect.BUNDLED_MODEL) == detect.MODEL_SHA256
+    monkeypatch.delenv(detect.MODEL_ENV, raising=False)
+    monkeypatch.setenv(detect.CACHE_ENV, str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(detect, "download_face_model", lambda *a, **k: pytest.fail("downloaded"))
+    assert detect.resolve_face_model() == detect.BUNDLED_MODEL
 
 
 def test_lookup_order(clean_env, monkeypatch, face_model):

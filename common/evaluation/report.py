@@ -25,6 +25,7 @@ METRICS = {
     "lmd_face_px512": ("LMD face (px at 512)", "lower"),
     "lmd_mouth_px512": ("LMD mouth (px at 512)", "lower"),
     "mouth_corr": ("mouth-opening correlation with real", "higher"),
+    "driving_mouth_corr": ("mouth-opening correlation with the driving landmarks", "higher"),
     "pose_error_deg": ("head-pose error (deg)", "lower"),
     "jitter": ("landmark jitter (/ inter-ocular)", "real"),
     "identity_cosine": ("identity: dlib cosine to reference", "higher"),
