@@ -2,7 +2,7 @@
 
 For every variant and every speaker of the corpus, trains ``python -m audio2lmk.train`` with that speaker
 held out (``data.val_speakers=[SPEAKER]``) and reads the last validation metrics (``val/mouth_corr``,
-``val/lve_mm``) of the run. Results go to ``OUT/results.json`` and a markdown table ``OUT/table.md``;
+``val/lve_mm``) of the run; each fold's model folder is exported to ``OUT/VARIANT/SPEAKER/model``. Results go to ``OUT/results.json`` and a markdown table ``OUT/table.md``;
 finished folds are skipped, so an interrupted study continues where it stopped.
 
     python bench/audio2lmk_loso.py --out outputs/loso \\
@@ -49,6 +49,7 @@ def run_fold(out: Path, variant: str, overrides: list[str], speaker: str, extra:
         *overrides,
         f"data.val_speakers=[{speaker}]",
         f"hydra.run.dir={run_dir}",
+        f"export_dir={run_dir / 'model'}",
         *extra,
     ]
     print("$", shlex.join(command), flush=True)
