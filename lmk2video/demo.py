@@ -5,17 +5,19 @@
 3. render landmark preview videos with the clip's speech muxed in;
 4. speech -> landmarks (at most ``--seconds`` of ``--speech``, audio no model was trained on) on the face of
    ``--reference`` (a frame of a speaker the sample lmk2video model was trained on) with the audio2lmk model
-   folder ``--audio2lmk-model`` (default ``models/sample/audio2lmk``), previewed with the speech;
-5. landmarks -> video with the lmk2video model folder ``--lmk2video-model`` (default
-   ``models/sample/lmk2video``), the speech muxed in: ``OUT/talking.mp4``;
+   folder ``--audio2lmk-model``, previewed with the speech;
+5. landmarks -> video with the lmk2video model folder ``--lmk2video-model``, the speech muxed in:
+   ``OUT/talking.mp4``;
 6. the same speech as landmarks on ``--portrait`` (another face), previewed;
 
 then the evaluation table of ``talking.mp4`` (:mod:`common.evaluation`, no real video: face detection,
 identity against the reference, lip sync against the speech, and how well the mouth follows the driving
 landmarks) against the reference held still, written to ``OUT/evaluation``.
 
-Every input ships with the repository (``examples/sample``, MediaPipe's model in ``common/data``), so the demo
-runs in any clone, offline. Steps 4-6 need model folders; without one the demo says which command makes it and
+Models: ``models/sample/{audio2lmk,lmk2video}`` (trained on a CPU, shipped with the code; see their
+MODEL_CARD.md), or, on a machine with a GPU, AniPortrait's released weights converted into
+``models/aniportrait/{audio2lmk,lmk2video}`` when they are there. Every input ships with the repository
+(``examples/sample``, MediaPipe's model in ``common/data``), so the demo runs in any clone, offline. Steps 4-6 need model folders; without one the demo says which command makes it and
 carries on. Outputs go to ``outputs/demo/`` (or ``--out``) and are replaced on every run.
 """
 
@@ -36,6 +38,8 @@ from talking_portrait import CHECKOUT
 ROOT = CHECKOUT if CHECKOUT is not None else Path.cwd()
 SAMPLE = ROOT / "examples" / "sample"
 MODELS = ROOT / "models" / "sample"
+# AniPortrait's released weights, converted (README "Speech to video"): preferred on a GPU.
+ANIPORTRAIT = ROOT / "models" / "aniportrait"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--portrait", default=str(SAMPLE / "portrait_kristi.png"), help="another face (steps 2 and 6)"
     )
     p.add_argument("--speech", default=str(SAMPLE / "speech_en.wav"), help="speech for steps 4-6")
-    p.add_argument("--audio2lmk-model", default=str(MODELS / "audio2lmk"), help="model folder of step 4")
-    p.add_argument("--lmk2video-model", default=str(MODELS / "lmk2video"), help="model folder of step 5")
+    p.add_argument(
+        "--audio2lmk-model",
+        default=None,
+        help="model folder of step 4 (default: models/aniportrait/audio2lmk on a GPU when there, else "
+        "models/sample/audio2lmk)",
+    )
+    p.add_argument(
+        "--lmk2video-model",
+        default=None,
+        help="model folder of step 5 (default: models/aniportrait/lmk2video on a GPU when there, else "
+        "models/sample/lmk2video)",
+    )
     p.add_argument("--steps", type=int, default=25, help="denoising steps of step 5")
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--seconds", type=float, default=6.0, help="length of the clip excerpt and of the speech")
@@ -71,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     if args.seconds <= 0 or args.steps < 1:
         raise UserError(f"--seconds {args.seconds} and --steps {args.steps} must be positive")
+    choose_models(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -108,6 +123,25 @@ def main(argv: list[str] | None = None) -> None:
     print(f"done in {time.perf_counter() - start:.0f} s: outputs in {out}")
     if talking is not None:
         print(f"the talking video: {talking}")
+
+
+def choose_models(args: argparse.Namespace) -> None:
+    """Fill in the model folders not given: AniPortrait's converted weights on a GPU, else the sample models."""
+    import torch
+
+    converted = all((ANIPORTRAIT / stage).is_dir() for stage in ("audio2lmk", "lmk2video"))
+    gpu = torch.cuda.is_available()
+    use = ANIPORTRAIT if converted and gpu else MODELS
+    if args.audio2lmk_model is None and args.lmk2video_model is None:
+        if converted and gpu:
+            print(f"using AniPortrait's converted weights in {ANIPORTRAIT} (a GPU is there)")
+        elif converted:
+            print(
+                f"{ANIPORTRAIT} holds AniPortrait's weights but there is no GPU (512x512 SD1.5 would take hours "
+                f"on a CPU): using the sample models in {MODELS}; pass --lmk2video-model to choose"
+            )
+    args.audio2lmk_model = args.audio2lmk_model or str(use / "audio2lmk")
+    args.lmk2video_model = args.lmk2video_model or str(use / "lmk2video")
 
 
 def _cut_speech(path: str, seconds: float, dest: Path) -> Path:

@@ -115,3 +115,27 @@ def test_the_sample_models_load_and_have_model_cards() -> None:
     for stage in ("audio2lmk", "lmk2video"):
         card = (root / stage / "MODEL_CARD.md").read_text()
         assert f"experiment=sample_{stage}" in card and "KristiNoem" in card
+
+
+def test_the_demo_prefers_aniportraits_converted_weights_on_a_gpu_only(tmp_path, monkeypatch, capsys) -> None:
+    import argparse
+
+    import torch
+
+    from lmk2video import demo
+
+    monkeypatch.setattr(demo, "ANIPORTRAIT", tmp_path / "aniportrait")
+    for stage in ("audio2lmk", "lmk2video"):
+        (tmp_path / "aniportrait" / stage).mkdir(parents=True)
+    for gpu, expected in ((True, tmp_path / "aniportrait"), (False, demo.MODELS)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        args = argparse.Namespace(audio2lmk_model=None, lmk2video_model=None)
+        demo.choose_models(args)
+        assert (args.audio2lmk_model, args.lmk2video_model) == (
+            str(expected / "audio2lmk"),
+            str(expected / "lmk2video"),
+        )
+    assert "no GPU" in capsys.readouterr().out
+    args = argparse.Namespace(audio2lmk_model="mine", lmk2video_model=None)
+    demo.choose_models(args)  # a folder given by hand is kept
+    assert args.audio2lmk_model == "mine"
