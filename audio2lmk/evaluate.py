@@ -101,6 +101,7 @@ def evaluate(
         "model": str(loaded.path) if loaded.path is not None else None,
         "index": str(Path(index).resolve()),
         "fps": fps,
+        # The speakers the loudness baselines are fitted on: the index's other speakers.
         "train_speakers": sorted({c.speaker for c in train_records}),
         "val_speakers": sorted({c.speaker for c in val_records}),
         "val_clips": [c.id for c in val_records],
@@ -121,7 +122,7 @@ def format_table(report: dict[str, Any]) -> str:
     names = ("lve_mm", "mve_mm", "mouth_corr", "pose_l1")
     lines = [
         f"held-out speakers: {', '.join(report['val_speakers'])} ({len(report['val_clips'])} clips, "
-        f"{report['frames']} frames); trained on {', '.join(report['train_speakers'])}",
+        f"{report['frames']} frames); baselines fitted on {', '.join(report['train_speakers'])}",
         f"{'method':<14}" + "".join(f"{n:>12}" for n in names),
     ]
     for method, values in report["results"].items():
