@@ -138,15 +138,24 @@ class MelAudioEncoder(AudioEncoder):
 
     def forward(self, audio: torch.Tensor, num_frames: int) -> torch.Tensor:
         """``audio`` (B, N) float 16 kHz -> ``(B, num_frames, hidden_size)``."""
+        return self.encode_inputs(self.mel_inputs(audio), audio.shape[1], num_frames)
+
+    def mel_inputs(self, audio: torch.Tensor) -> torch.Tensor:
+        """Steps 1-2: ``audio`` (B, N) -> the scaled log-mel ``(B, n_mels, N // hop_length + 1)`` in the
+        front end's dtype (normalised first when ``normalize``)."""
         if audio.ndim != 2:
             raise ValueError(f"audio must be (B, N), got shape {tuple(audio.shape)}")
         if self.normalize:
             mean = audio.mean(dim=1, keepdim=True)
             var = audio.var(dim=1, unbiased=False, keepdim=True)
             audio = (audio - mean) / torch.sqrt(var + 1e-7)
-        features = self.front(self.log_mel(audio).to(self.front[0].weight.dtype))
-        hidden = resample_to_frames(features.transpose(1, 2), num_frames)
-        window, context = self.window_frames(audio.shape[1], num_frames)
+        return self.log_mel(audio).to(self.front[0].weight.dtype)
+
+    def encode_inputs(self, inputs: torch.Tensor, num_samples: int, num_frames: int) -> torch.Tensor:
+        """Steps 3-5: front-end inputs ``(B, C, L)`` on the hop grid of a clip of ``num_samples`` samples ->
+        ``(B, num_frames, hidden_size)`` (convolutions, resampling to the frames, the windowed transformer)."""
+        hidden = resample_to_frames(self.front(inputs).transpose(1, 2), num_frames)
+        window, context = self.window_frames(num_samples, num_frames)
         return run_windowed(self._transformer, hidden, window, context)
 
     def _transformer(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ is spoken, not on the voice. For a clip of ``N`` samples and ``T`` video frames:
 2. an embedding of each phone (``phone_dim``), optionally concatenated with the scaled log-mel
    spectrogram of :class:`~audio2lmk.encoders.mel.MelAudioEncoder` (``n_mels > 0``: loudness and
    emphasis, which phones lack);
-3. then the mel encoder's steps: two 1-D convolutions, resampling to ``T`` frames, a convolutional
+3. then the mel encoder's steps (:meth:`MelAudioEncoder.encode_inputs`): two 1-D convolutions, resampling to ``T`` frames, a convolutional
    positional embedding and a transformer run in windows. Output ``(B, T, hidden_size)``.
 
 Other languages are decoded as the nearest English phones (see docs/audio2lmk-ablations.md).
@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from audio2lmk.encoders.base import resample_to_frames, run_windowed
 from audio2lmk.encoders.mel import MelAudioEncoder
 from common.errors import UserError
 
@@ -173,10 +172,7 @@ class PhonemeAudioEncoder(MelAudioEncoder):
             raise ValueError(
                 f"phones must be {expected} for audio {tuple(audio.shape)}, got {tuple(phones.shape)}"
             )
-        dtype = self.front[0].weight.dtype
-        features = self.phone_embedding(phones.long()).transpose(1, 2).to(dtype)
+        inputs = self.phone_embedding(phones.long()).transpose(1, 2).to(self.front[0].weight.dtype)
         if self.use_mel:
-            features = torch.cat([self.log_mel(audio).to(dtype), features], dim=1)
-        hidden = resample_to_frames(self.front(features).transpose(1, 2), num_frames)
-        window, context = self.window_frames(audio.shape[1], num_frames)
-        return run_windowed(self._transformer, hidden, window, context)
+            inputs = torch.cat([self.mel_inputs(audio), inputs], dim=1)
+        return self.encode_inputs(inputs, audio.shape[1], num_frames)
