@@ -192,6 +192,11 @@ def decode_latents(vae: AutoencoderKL | None, latents: torch.Tensor) -> torch.Te
     return vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
 
 
+def _framing_config(options: dict[str, float] | None) -> dict[str, float]:
+    """Framing options as the model's config stores them (JSON numbers)."""
+    return {k: float(v) for k, v in (options or {}).items()}
+
+
 class LandmarkVideoPipeline(DiffusionPipeline):
     """Landmark-conditioned portrait video diffusion (see the module docstring).
 
@@ -234,7 +239,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             landmark_style=landmark_style,
             width=int(width),
             height=int(height),
-            framing={k: float(v) for k, v in (framing or {}).items()},
+            framing=_framing_config(framing),
         )
 
     # ------------------------------------------------------------------------------------ checks
@@ -315,6 +320,16 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             check_framing_options(self.framing_options)
         except UserError as err:
             raise UserError(f"{source}: framing: {err}; {REBUILD_HINT}") from None
+
+    def set_framing(self, options: dict[str, float] | None, source: str) -> None:
+        """Record the framing options the model is (being) trained with; ``source`` names them in errors."""
+        from lmk2video.framing import check_framing_options
+
+        try:
+            check_framing_options(dict(options or {}))
+        except UserError as err:
+            raise UserError(f"{source}: {err}") from None
+        self.register_to_config(framing=_framing_config(options))
 
     @property
     def framing_options(self) -> dict[str, float]:

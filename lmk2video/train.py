@@ -43,8 +43,7 @@ def build(cfg: DictConfig) -> tuple[object, object]:
     # data.framing null: the model's own (the choose_framing defaults for a new model).
     if data.get("framing") is None:
         data["framing"] = pipe.framing_options
-    pipe.register_to_config(framing={k: float(v) for k, v in data["framing"].items()})
-    pipe.check_components("data.framing")
+    pipe.set_framing(data["framing"], "data.framing")
     module = LandmarkVideoModule(
         pipe,
         stage=int(cfg.stage),

@@ -387,3 +387,27 @@ def test_sampler_options_refuse_values_that_cannot_sample(changes, message) -> N
     SamplerOptions().check()
     with pytest.raises(UserError, match=message):
         SamplerOptions(**changes).check()
+
+
+def test_the_training_framing_travels_in_the_model_folder(tmp_path) -> None:
+    """``set_framing`` records the crop options (checked), save/load keeps them, and loading refuses bad ones."""
+    import json
+
+    from lmk2video.pipeline import LandmarkVideoPipeline
+
+    pipe = tiny_pipeline(motion=False)
+    assert pipe.framing_options == {}
+    pipe.set_framing({"face_fraction": 0.4, "min_face_fraction": 0.35}, "data.framing")
+    pipe.save_pretrained(tmp_path / "m")
+    loaded = LandmarkVideoPipeline.from_pretrained(tmp_path / "m")
+    assert loaded.framing_options == {"face_fraction": 0.4, "min_face_fraction": 0.35}
+    with pytest.raises(UserError, match=r"data\.framing: unknown framing option\(s\) zoom"):
+        pipe.set_framing({"zoom": 2}, "data.framing")
+    with pytest.raises(UserError, match=r"data\.framing: face fractions must satisfy"):
+        pipe.set_framing({"face_fraction": 0.9}, "data.framing")
+    index = tmp_path / "m" / "model_index.json"
+    config = json.loads(index.read_text())
+    config["framing"] = {"vertical_center": 1.5}
+    index.write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"framing: vertical_center=1\.5"):
+        LandmarkVideoPipeline.from_pretrained(tmp_path / "m")
