@@ -114,12 +114,22 @@ def main(argv: list[str] | None = None) -> None:
         lmk(["render", str(name), "-o", str(video), "--audio", args.audio, "--style", style, "-q", "--overwrite",
              *size])  # fmt: skip
     speech = _cut_speech(args.speech, args.seconds, out / "speech.wav")
-    talk = _speech_to_landmarks(args, speech, out)
+    audio2lmk = _load_audio2lmk(args.audio2lmk_model)
+    talk = None
+    if audio2lmk is not None:
+        print(f"[4/6] speech -> landmarks: {args.speech} on {args.reference} with {args.audio2lmk_model}")
+        talk = _speech_landmarks(
+            audio2lmk, speech, args.reference, out / "speech.npz", out / "speech_default.mp4"
+        )
     talking = _landmarks_to_video(args, out, talk, speech)
-    _speech_on_portrait(args, speech, out)
+    if audio2lmk is not None:
+        print(f"[6/6] the same speech on {args.portrait}: landmark preview")
+        _speech_landmarks(
+            audio2lmk, speech, args.portrait, out / "speech_on_portrait.npz", out / "speech_on_portrait.mp4"
+        )
     if talking is not None:
         print("evaluation of the talking video (common.evaluation; no real video of this speech exists):")
-        evaluate_demo(talking, talk, args.reference, out / "evaluation")
+        evaluate_demo(talking, talk, speech, args.reference, out / "evaluation")
     print(f"done in {time.perf_counter() - start:.0f} s: outputs in {out}")
     if talking is not None:
         print(f"the talking video: {talking}")
@@ -153,38 +163,31 @@ def _cut_speech(path: str, seconds: float, dest: Path) -> Path:
     return write_wav(dest, audio[: round(seconds * SAMPLE_RATE)], SAMPLE_RATE)
 
 
-def _speech_to_landmarks(args: argparse.Namespace, speech: Path, out: Path) -> Path | None:
-    """Step 4: the landmark file made from the speech on the reference's face, or None without a model."""
-    from common.detect import load_reference
-    from common.lmk import main as lmk
-
-    model = Path(args.audio2lmk_model)
+def _load_audio2lmk(folder: str):
+    """The audio2lmk model of steps 4 and 6 (loaded once), or None, saying how to make one, when there is none."""
+    model = Path(folder)
     if not (model / "audio2lmk.json").is_file():
         print(
-            f"[4/6] skipped speech -> landmarks: no audio2lmk model folder at {model}. Train one with\n"
+            f"[4/6] skipped speech -> landmarks (and step 6): no audio2lmk model folder at {model}. Train one with\n"
             f"        python -m audio2lmk.train experiment=sample_audio2lmk export_dir={model}\n"
             "      (on ../shared/data/talking; see models/sample/audio2lmk/MODEL_CARD.md), or pass "
             "--audio2lmk-model DIR"
         )
         return None
-    from audio2lmk.inference import audio_to_landmarks, load_audio2lmk
+    from audio2lmk.inference import load_audio2lmk
 
-    print(f"[4/6] speech -> landmarks: {args.speech} on {args.reference} with {model}")
-    sequence = audio_to_landmarks(load_audio2lmk(model), speech, load_reference(args.reference), seed=0)
-    talk = sequence.save(out / "speech.npz")
-    lmk(
-        [
-            "render",
-            str(talk),
-            "-o",
-            str(out / "speech_default.mp4"),
-            "--audio",
-            str(speech),
-            "-q",
-            "--overwrite",
-        ]
-    )
-    return talk
+    return load_audio2lmk(model)
+
+
+def _speech_landmarks(audio2lmk, speech: Path, face: str, landmarks: Path, preview: Path) -> Path:
+    """The landmark file of ``speech`` on the face of the image ``face``, and its preview with the speech."""
+    from audio2lmk.inference import audio_to_landmarks
+    from common.detect import load_reference
+    from common.lmk import main as lmk
+
+    path = audio_to_landmarks(audio2lmk, speech, load_reference(face), seed=0).save(landmarks)
+    lmk(["render", str(path), "-o", str(preview), "--audio", str(speech), "-q", "--overwrite"])
+    return path
 
 
 def _landmarks_to_video(args: argparse.Namespace, out: Path, talk: Path | None, speech: Path) -> Path | None:
@@ -216,33 +219,17 @@ def _landmarks_to_video(args: argparse.Namespace, out: Path, talk: Path | None, 
     return generate(GenerateSettings.from_config(values, Path.cwd()))
 
 
-def _speech_on_portrait(args: argparse.Namespace, speech: Path, out: Path) -> None:
-    """Step 6: the speech as landmarks on the other portrait, previewed."""
-    from common.detect import load_reference
-    from common.lmk import main as lmk
-
-    model = Path(args.audio2lmk_model)
-    if not (model / "audio2lmk.json").is_file():
-        print("[6/6] skipped the speech on the portrait: no audio2lmk model")
-        return
-    from audio2lmk.inference import audio_to_landmarks, load_audio2lmk
-
-    print(f"[6/6] the same speech on {args.portrait}: landmark preview")
-    sequence = audio_to_landmarks(load_audio2lmk(model), speech, load_reference(args.portrait), seed=0)
-    path = sequence.save(out / "speech_on_portrait.npz")
-    lmk(["render", str(path), "-o", str(out / "speech_on_portrait.mp4"), "--audio", str(speech), "-q",
-         "--overwrite"])  # fmt: skip
-
-
-def evaluate_demo(talking: Path, landmarks: Path, reference: str, out: Path) -> dict:
-    """Score ``talking`` (and the reference held still, with the same speech) with :mod:`common.evaluation`,
+def evaluate_demo(talking: Path, landmarks: Path, speech: Path, reference: str, out: Path) -> dict:
+    """Score ``talking`` (and the reference held still, with the same ``speech``) with :mod:`common.evaluation`,
     plus the correlation of its mouth opening with that of the driving ``landmarks``; writes and prints the
     report (``out/report.json``, ``report.md``, plots); returns it."""
     from common.detect import read_image
     from common.edit import mouth_opening
+    from common.evaluation.faces import MOUTH_STILL
+    from common.evaluation.identity import available as identity_available
     from common.evaluation.report import publish
     from common.evaluation.run import EvalOptions, evaluate_folders
-    from common.evaluation.scores import pearson
+    from common.evaluation.scores import NO_REAL_VIDEO, pearson
     from common.evaluation.stats import summarize
     from common.lmkfile import LandmarkSequence
     from common.video import probe_video, write_video
@@ -257,17 +244,16 @@ def evaluate_demo(talking: Path, landmarks: Path, reference: str, out: Path) -> 
     shutil.copy(reference, out / "references" / f"talking{Path(reference).suffix.lower()}")
     info = probe_video(talking)
     still = np.repeat(_fit(image, info.height, info.width)[None], info.num_frames, axis=0)
-    speech = talking.with_name("speech.wav")
     write_video(systems["reference still"] / "talking.mp4", still, info.fps, audio=speech)
-    options = EvalOptions(identity=_has_identity(), progress=False)
+    options = EvalOptions(identity=identity_available(), progress=False)
     report, series = evaluate_folders(None, systems, out / "references", options)
     driving = mouth_opening(LandmarkSequence.load(landmarks).mesh)
     for name in systems:
-        value, reason = pearson(series[name]["talking"]["mouth"], driving, still=1e-3)
+        value, reason = pearson(series[name]["talking"]["mouth"], driving, still=MOUTH_STILL)
         entry = report["systems"][name]
         # Metrics against a real video do not apply here: leave them out of the notes.
         notes = entry["not_computed"].get("talking", {})
-        for metric in [m for m, why in notes.items() if why.startswith("no real video")]:
+        for metric in [m for m, why in notes.items() if why == NO_REAL_VIDEO]:
             del notes[metric]
         entry["clips"]["talking"]["driving_mouth_corr"] = value
         if reason is not None:
@@ -282,13 +268,6 @@ def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
     import cv2
 
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-
-
-def _has_identity() -> bool:
-    """Whether the identity metric's packages (the ``eval`` extra: dlib, face-recognition-models) are there."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("dlib", "face_recognition_models"))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,17 @@ def model_files() -> tuple[Path, Path]:
     return files
 
 
+def available() -> bool:
+    """Whether the identity metrics can run here: dlib importable and its model files installed."""
+    if importlib.util.find_spec("dlib") is None:
+        return False
+    try:
+        model_files()
+    except UserError:
+        return False
+    return True
+
+
 class FaceDescriptor:
     """dlib's 128-d face descriptor of faces located by a box."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.evaluation.faces import MOUTH, MOUTH_STILL, FaceTrack
-from common.evaluation.scores import Scores, pearson
+from common.evaluation.scores import NO_REAL_VIDEO, Scores, pearson
 
 REFERENCE_METRICS = (
     "lmd_face",
@@ -56,7 +56,7 @@ def landmark_scores(generated: FaceTrack, real: FaceTrack | None) -> Scores:
     scores.set("detection_rate", generated.detection_rate)
     scores.set("jitter", *jitter(generated))
     if real is None:
-        scores.skip(REFERENCE_METRICS, "no real video to compare with")
+        scores.skip(REFERENCE_METRICS, NO_REAL_VIDEO)
         return scores
     both = generated.found & real.found
     if not both.any():

@@ -21,7 +21,7 @@ from common.corpus import find_audio
 from common.errors import UserError
 from common.evaluation.faces import FaceTrack, track_faces
 from common.evaluation.media import Clip, read_clip
-from common.evaluation.scores import Scores
+from common.evaluation.scores import NO_REAL_VIDEO, Scores
 
 log = logging.getLogger("common.evaluate")
 
@@ -232,7 +232,7 @@ class Evaluator:
                 pixel_scores(clip.frames, real_clip.frames, real_track.boxes(margin=0.1), str(case.video))
             )
         else:
-            scores.skip(PIXEL_METRICS, "no real video to compare with")
+            scores.skip(PIXEL_METRICS, NO_REAL_VIDEO)
         boxes = track.boxes()
         if self.describe is not None:
             from common.evaluation.identity import identity_scores

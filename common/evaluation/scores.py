@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+# Why the comparisons with a real video are missing when there is none (tools that score generated videos
+# alone, such as the demo, leave these out of their notes).
+NO_REAL_VIDEO = "no real video to compare with"
+
 
 @dataclasses.dataclass
 class Scores:
