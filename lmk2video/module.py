@@ -287,9 +287,7 @@ class LandmarkVideoModule(pl.LightningModule):
         self.inference_scheduler_config = dict(pipeline.scheduler.config)
         self.inference_scheduler_class = type(pipeline.scheduler)
         self.pipeline_settings = {
-            k: pipeline.config[k]
-            for k in ("landmark_style", "width", "height", "framing")
-            if k in pipeline.config
+            k: pipeline.config[k] for k in ("landmark_style", "width", "height", "framing")
         }
         accepted = inspect.signature(DDPMScheduler.__init__).parameters
         self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, lr=1e-5, weight_decay=1e-2)
