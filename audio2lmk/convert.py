@@ -2,6 +2,7 @@
 
     python -m audio2lmk.convert aniportrait --audio2mesh audio2mesh.pt --audio2pose audio2pose.pt -o DIR
         [--fps 30] [--wav2vec2 NAME_OR_FOLDER] [--wav2vec2-config FOLDER_OR_JSON] [--overwrite]
+    python -m audio2lmk.convert aniportrait --from-hub -o DIR [--revision REPO=REV] [--cache-dir DIR]
 
 writes an inference model folder (``audio2lmk.inference``; ``python -m audio2lmk.infer model=DIR``) with
 either model or both, AniPortrait's demo pose post-processing (rotations x 0.5, 7-frame smoothing;
@@ -48,6 +49,10 @@ AniPortrait hard-codes). The wav2vec2 architecture is read from the tensor shape
 ``Wav2Vec2Config()`` (the base architecture of ``wav2vec2-base-960h``); what shapes cannot tell
 (strides, heads, layer-norm order) comes from that base or from ``wav2vec2_config``.
 
+``--from-hub`` downloads both files from the hub repository ``ZJYang/AniPortrait`` and the config of
+``facebook/wav2vec2-base-960h`` (its weights too, only for a file without ``audio_encoder.*`` weights)
+at the revisions pinned in :data:`common.hub.REVISIONS`, then converts them as above.
+
 AniPortrait builds its models around a pretrained wav2vec2 and loads the files with
 ``strict=False``. A file that carries no ``audio_encoder.*`` weights at all can therefore be
 converted with ``wav2vec2=NAME_OR_FOLDER`` (the encoder weights then come from that checkpoint,
@@ -69,6 +74,8 @@ import torch
 
 from audio2lmk.models.audio2mesh import Audio2MeshModel
 from audio2lmk.models.audio2pose import Audio2PoseModel, sinusoidal_positions
+from common import hub
+from common.atomic import ensure_writable_dir
 from common.errors import UserError, exit_on_user_error
 from common.weights import strict_load
 
@@ -104,6 +111,9 @@ _LAYER_NAMES = {
     "norm_cross.": "norm2.",
     "norm_ffn.": "norm3.",
 }
+ANIPORTRAIT_REPO = "ZJYang/AniPortrait"
+WAV2VEC2_REPO = "facebook/wav2vec2-base-960h"  # AniPortrait's configs/prompts/animation_audio.yaml
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _OUR_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 _THEIR_LAYER = re.compile(r"^transformer_decoder\.layers\.(\d+)\.")
 
@@ -457,10 +467,51 @@ def convert_aniportrait_folder(
     )
 
 
+def download_aniportrait(
+    revisions: Mapping[str, str] | None = None, cache_dir: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """AniPortrait's two audio files and its wav2vec2 from the hub -> ``convert_aniportrait_folder`` options."""
+    files = {
+        name: hub.download(ANIPORTRAIT_REPO, f"{name}.pt", revisions=revisions, cache_dir=cache_dir)
+        for name in ("audio2mesh", "audio2pose")
+    }
+    config_file = hub.download(WAV2VEC2_REPO, "config.json", revisions=revisions, cache_dir=cache_dir)
+    options: dict[str, Any] = {**files, "wav2vec2_config": _wav2vec2_config_option(str(config_file))}
+    carries_encoder = [
+        any(key.startswith(ENCODER_PREFIX) for key in load_checkpoint(path)) for path in files.values()
+    ]
+    if any(carries_encoder) and not all(carries_encoder):
+        raise UserError(
+            f"of {', '.join(str(p) for p in files.values())} only some carry wav2vec2 weights; "
+            "convert them one at a time with --audio2mesh / --audio2pose"
+        )
+    if not any(carries_encoder):
+        # AniPortrait loads such files on top of the pretrained wav2vec2: fetch its weights as well.
+        hub.download(WAV2VEC2_REPO, "preprocessor_config.json", revisions=revisions, cache_dir=cache_dir)
+        weights = hub.download(WAV2VEC2_REPO, WEIGHT_FILES, revisions=revisions, cache_dir=cache_dir)
+        options.update(wav2vec2=str(weights.parent), wav2vec2_config=None)
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m audio2lmk.convert", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="format", required=True)
     ani = sub.add_parser("aniportrait", help="AniPortrait's audio2mesh.pt / audio2pose.pt")
+    ani.add_argument(
+        "--from-hub",
+        action="store_true",
+        help=f"download both files from {ANIPORTRAIT_REPO} (and {WAV2VEC2_REPO}'s config) first",
+    )
+    ani.add_argument(
+        "--revision",
+        action="append",
+        default=[],
+        metavar="REPO=REV",
+        help="with --from-hub: download REPO at REV instead of the pinned revision (common.hub.REVISIONS)",
+    )
+    ani.add_argument(
+        "--cache-dir", default=None, help="with --from-hub: hub cache folder (default HF_HUB_CACHE)"
+    )
     ani.add_argument("--audio2mesh", default=None, help="AniPortrait's audio2mesh.pt")
     ani.add_argument("--audio2pose", default=None, help="AniPortrait's audio2pose.pt")
     ani.add_argument("-o", "--out", required=True, help="output model folder")
@@ -481,15 +532,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    out = convert_aniportrait_folder(
-        args.out,
-        audio2mesh=args.audio2mesh,
-        audio2pose=args.audio2pose,
-        fps=args.fps,
-        wav2vec2=args.wav2vec2,
-        wav2vec2_config=_wav2vec2_config_option(args.wav2vec2_config),
-        overwrite=args.overwrite,
-    )
+    if args.from_hub:
+        given = [flag for flag, value in (("--audio2mesh", args.audio2mesh), ("--audio2pose", args.audio2pose),
+                 ("--wav2vec2", args.wav2vec2), ("--wav2vec2-config", args.wav2vec2_config)) if value]  # fmt: skip
+        if given:
+            raise UserError(f"--from-hub downloads the files itself; drop {', '.join(given)}")
+        out = Path(args.out).expanduser()
+        if out.exists() and not args.overwrite:  # before hundreds of megabytes are downloaded
+            raise UserError(f"{out} already exists; choose a new output folder or pass --overwrite")
+        ensure_writable_dir(out)
+        sources = download_aniportrait(hub.parse_revisions(args.revision), args.cache_dir)
+    elif args.revision or args.cache_dir:
+        raise UserError("--revision and --cache-dir go with --from-hub; add it or drop them")
+    else:
+        sources = {
+            "audio2mesh": args.audio2mesh,
+            "audio2pose": args.audio2pose,
+            "wav2vec2": args.wav2vec2,
+            "wav2vec2_config": _wav2vec2_config_option(args.wav2vec2_config),
+        }
+    out = convert_aniportrait_folder(args.out, fps=args.fps, overwrite=args.overwrite, **sources)
     print(f"wrote {out}")
     return 0
 

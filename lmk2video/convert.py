@@ -1,6 +1,7 @@
 """Convert third-party checkpoints into lmk2video model folders.
 
     python -m lmk2video.convert aniportrait SRC DST [--config conversion.json] [--overwrite]
+    python -m lmk2video.convert aniportrait --from-hub DST [--revision REPO=REV] [--cache-dir DIR]
 
 ``aniportrait``: SRC is a folder with AniPortrait's ``denoising_unet.pth``, ``reference_unet.pth``,
 ``pose_guider.pth`` and ``motion_module.pth`` (plain ``torch.save``-d state dicts). DST receives
@@ -34,6 +35,11 @@ encoder (strictly loaded), CLIP's image processor, AniPortrait's DDIM scheduler
 (:data:`ANIPORTRAIT_SCHEDULER`: v-prediction, zero-terminal-SNR rescale, trailing spacing), its
 landmark drawing style (``aniportrait``) and 512 x 512 output.
 
+``--from-hub DST`` downloads what a complete model folder needs (AniPortrait's four files from
+``ZJYang/AniPortrait``, ``stabilityai/sd-vae-ft-mse`` and the ``image_encoder`` of
+``lambdalabs/sd-image-variations-diffusers``) at the revisions pinned in :data:`common.hub.REVISIONS`
+(``--revision REPO=REV`` overrides one), then converts them as ``SRC DST --vae --image-encoder`` does.
+
 ``--config`` (JSON, all sections optional) sets the architecture when the weights are not SD1.5-sized:
 ``{"unet": {diffusers UNet config values}, "motion_module": {MotionModuleConfig values},
 "pose_guider": {"num_attention_heads": 16, "norm_num_groups": 32}}``.
@@ -51,6 +57,7 @@ from typing import Any
 
 import torch
 
+from common import hub
 from common.atomic import atomic_folder, ensure_writable_dir
 from common.errors import UserError, exit_on_user_error
 from common.weights import assert_materialised, check_state_dict, load_checkpoint
@@ -78,6 +85,12 @@ ANIPORTRAIT_FILES = {
     "motion_module": "motion_module.pth",
 }
 REPORT_NAME = "conversion_report.txt"
+ANIPORTRAIT_REPO = "ZJYang/AniPortrait"
+VAE_REPO = "stabilityai/sd-vae-ft-mse"  # AniPortrait's pretrained_vae_path
+IMAGE_ENCODER_REPO = "lambdalabs/sd-image-variations-diffusers"  # its image_encoder_path
+# Files in order of preference (the first the revision has is downloaded).
+VAE_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+IMAGE_ENCODER_FILES = ("image_encoder/model.safetensors", "image_encoder/pytorch_model.bin")
 CONFIG_SECTIONS = ("unet", "motion_module", "pose_guider")
 
 
@@ -326,6 +339,22 @@ def convert_aniportrait(
     return dst / REPORT_NAME
 
 
+def download_aniportrait(
+    revisions: Mapping[str, str] | None = None, cache_dir: str | os.PathLike | None = None
+) -> dict[str, Path]:
+    """Download a complete AniPortrait model's files -> ``{"src", "vae", "image_encoder"}`` folders."""
+
+    def get(repo: str, names: str | Sequence[str]) -> Path:
+        return hub.download(repo, names, revisions=revisions, cache_dir=cache_dir)
+
+    src = [get(ANIPORTRAIT_REPO, name) for name in ANIPORTRAIT_FILES.values()]
+    get(VAE_REPO, "config.json")
+    vae = get(VAE_REPO, VAE_FILES)
+    get(IMAGE_ENCODER_REPO, "image_encoder/config.json")
+    encoder = get(IMAGE_ENCODER_REPO, IMAGE_ENCODER_FILES)
+    return {"src": src[0].parent, "vae": vae.parent, "image_encoder": encoder.parent}
+
+
 def _pipeline_parts(vae: str | os.PathLike, image_encoder: str | os.PathLike) -> dict[str, Any]:
     """The VAE and image encoder of a complete AniPortrait model folder, strictly loaded."""
     from lmk2video.building import build_image_encoder, build_vae
@@ -374,11 +403,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert AniPortrait's four .pth files into lmk2video model folders.",
     )
     ani.add_argument(
-        "src",
-        help="folder holding denoising_unet.pth, reference_unet.pth, pose_guider.pth, motion_module.pth",
+        "paths",
+        nargs="+",
+        metavar="[SRC] DST",
+        help="SRC: folder holding denoising_unet.pth, reference_unet.pth, pose_guider.pth, motion_module.pth "
+        "(not with --from-hub); DST: output folder (denoising_unet/, reference_unet/, pose_guider/, report)",
     )
     ani.add_argument(
-        "dst", help="output folder (receives denoising_unet/, reference_unet/, pose_guider/, report)"
+        "--from-hub",
+        action="store_true",
+        help=f"download AniPortrait ({ANIPORTRAIT_REPO}), its VAE and image encoder, and write a complete "
+        "model folder to DST",
+    )
+    ani.add_argument(
+        "--revision",
+        action="append",
+        default=[],
+        metavar="REPO=REV",
+        help="with --from-hub: download REPO at REV instead of the pinned revision (common.hub.REVISIONS)",
+    )
+    ani.add_argument(
+        "--cache-dir", default=None, help="with --from-hub: hub cache folder (default HF_HUB_CACHE)"
     )
     ani.add_argument(
         "--config", default=None, help="JSON with optional 'unet', 'motion_module', 'pose_guider' sections"
@@ -396,14 +441,25 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    report = convert_aniportrait(
-        args.src,
-        args.dst,
-        _read_config(args.config),
-        overwrite=args.overwrite,
-        vae=args.vae,
-        image_encoder=args.image_encoder,
-    )
+    config = _read_config(args.config)
+    if args.from_hub:
+        if len(args.paths) != 1 or args.vae or args.image_encoder:
+            raise UserError(
+                "--from-hub takes only DST (it downloads SRC, the VAE and the image encoder itself)"
+            )
+        dst = Path(args.paths[0]).expanduser()
+        if dst.exists() and not args.overwrite:  # before gigabytes are downloaded
+            raise UserError(f"{dst} already exists; choose a new output folder or pass --overwrite")
+        ensure_writable_dir(dst)
+        sources = download_aniportrait(hub.parse_revisions(args.revision), args.cache_dir)
+    elif args.revision or args.cache_dir:
+        raise UserError("--revision and --cache-dir go with --from-hub; add it or drop them")
+    elif len(args.paths) != 2:
+        raise UserError("pass SRC and DST (or --from-hub DST)")
+    else:
+        dst = Path(args.paths[1])
+        sources = {"src": args.paths[0], "vae": args.vae, "image_encoder": args.image_encoder}
+    report = convert_aniportrait(dst=dst, config=config, overwrite=args.overwrite, **sources)
     print(f"wrote {report.parent} (see {report.name})")
     return 0
 

@@ -306,3 +306,57 @@ def test_cli_writes_an_inference_folder(tmp_path, mesh_reference, pose_reference
         main(["aniportrait", "-o", str(tmp_path / "none")])
     assert nothing.value.code == 2 and not (tmp_path / "none").exists()
     assert "--audio2mesh FILE" in capsys.readouterr().err
+
+
+def test_from_hub_converts_what_it_downloads_offline(
+    tmp_path, mesh_reference, pose_reference, capsys, monkeypatch
+):
+    """--from-hub: both files and wav2vec2's config come from a hub cache (offline); the result equals
+    converting the files by hand; a file without wav2vec2 weights also fetches wav2vec2's weights."""
+    from audio2lmk.convert import ANIPORTRAIT_REPO, WAV2VEC2_REPO, main
+    from audio2lmk.inference import load_audio2lmk
+    from tests.hub_cache import put_in_hub_cache
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    cache = tmp_path / "hub"
+    for name, reference in (("audio2mesh", mesh_reference), ("audio2pose", pose_reference)):
+        torch.save(reference.state_dict(), tmp_path / f"{name}.pt")
+        put_in_hub_cache(cache, ANIPORTRAIT_REPO, f"{name}.pt", tmp_path / f"{name}.pt")
+    mesh_reference.audio_encoder.save_pretrained(tmp_path / "w2v")  # config.json: 2 attention heads
+    put_in_hub_cache(cache, WAV2VEC2_REPO, "config.json", tmp_path / "w2v" / "config.json")
+
+    out = tmp_path / "model"
+    assert main(["aniportrait", "--from-hub", "-o", str(out), "--cache-dir", str(cache)]) == 0
+    loaded = load_audio2lmk(out)
+    expected = convert_aniportrait_audio2mesh(
+        mesh_reference.state_dict(), wav2vec2_config=mesh_reference.audio_encoder.config.to_dict()
+    )
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(loaded.mesh_model.state_dict()[key], value, atol=0, rtol=0)
+    assert loaded.pose_model is not None and loaded.pose_model.config.num_styles == 10
+
+    # Files without audio_encoder.* weights: wav2vec2's weights are needed, and missing from the cache.
+    for name, reference in (("audio2mesh", mesh_reference), ("audio2pose", pose_reference)):
+        head = {k: v for k, v in reference.state_dict().items() if not k.startswith("audio_encoder.")}
+        torch.save(head, tmp_path / f"{name}.pt")
+        put_in_hub_cache(cache, ANIPORTRAIT_REPO, f"{name}.pt", tmp_path / f"{name}.pt")
+    second = tmp_path / "second"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["aniportrait", "--from-hub", "-o", str(second), "--cache-dir", str(cache)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and not second.exists()
+    assert f"preprocessor_config.json of {WAV2VEC2_REPO}@" in err and "HF_HUB_OFFLINE" in err
+    from transformers import Wav2Vec2FeatureExtractor
+
+    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(tmp_path / "w2v")
+    for name in ("preprocessor_config.json", "model.safetensors"):
+        put_in_hub_cache(cache, WAV2VEC2_REPO, name, tmp_path / "w2v" / name)
+    assert main(["aniportrait", "--from-hub", "-o", str(second), "--cache-dir", str(cache)]) == 0
+    rebuilt = load_audio2lmk(second).mesh_model.state_dict()
+    for key, value in expected.state_dict().items():  # the encoder now comes from the wav2vec2 weights
+        torch.testing.assert_close(rebuilt[key], value, atol=0, rtol=0)
+
+    with pytest.raises(SystemExit) as mixed:
+        main(["aniportrait", "--from-hub", "--audio2mesh", "x.pt", "-o", str(second)])
+    assert mixed.value.code == 2 and "drop --audio2mesh" in capsys.readouterr().err

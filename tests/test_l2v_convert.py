@@ -54,6 +54,25 @@ def _aniportrait_unet_state_dicts(seed: int = 0) -> dict[str, dict[str, torch.Te
     return {"denoising_unet": denoising, "reference_unet": reference, "motion_module": motion}
 
 
+def _aniportrait_release(seed: int) -> tuple[dict[str, dict[str, torch.Tensor]], torch.nn.Module]:
+    """The four AniPortrait state dicts for the tiny architecture, and the pose guider they hold."""
+    from lmk2video.models.pose_guider import PoseGuider, convert_to_aniportrait_pose_guider
+
+    states = _aniportrait_unet_state_dicts(seed)
+    guider = PoseGuider(
+        unet_block_out_channels=TINY_UNET["block_out_channels"],
+        block_out_channels=(16, 32, 64, 128),
+        norm_num_groups=TINY_POSE_GUIDER["norm_num_groups"],
+        num_attention_heads=TINY_POSE_GUIDER["num_attention_heads"],
+        attention_head_dim=4,
+        reference_attention=True,
+        architecture="aniportrait",
+    )
+    randomize_(guider, seed=seed + 7)
+    states["pose_guider"] = convert_to_aniportrait_pose_guider(guider.state_dict())
+    return states, guider
+
+
 def _write_source(folder: Path, states: dict[str, dict[str, torch.Tensor]]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, state in states.items():
@@ -161,19 +180,9 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path: Path, capsys) -> None:
 
 
 def test_round_trip_through_the_cli(tmp_path: Path, capsys) -> None:
-    pose_guider_module = pytest.importorskip("lmk2video.models.pose_guider")
-    states = _aniportrait_unet_state_dicts()
-    guider = pose_guider_module.PoseGuider(
-        unet_block_out_channels=TINY_UNET["block_out_channels"],
-        block_out_channels=(16, 32, 64, 128),
-        norm_num_groups=TINY_POSE_GUIDER["norm_num_groups"],
-        num_attention_heads=TINY_POSE_GUIDER["num_attention_heads"],
-        attention_head_dim=4,
-        reference_attention=True,
-        architecture="aniportrait",
-    )
-    randomize_(guider, seed=9)
-    states["pose_guider"] = pose_guider_module.convert_to_aniportrait_pose_guider(guider.state_dict())
+    from lmk2video.models.pose_guider import PoseGuider
+
+    states, guider = _aniportrait_release(seed=0)
     src = _write_source(tmp_path / "src", states)
     dst = tmp_path / "converted"
     config = _tiny_config(tmp_path)
@@ -182,7 +191,7 @@ def test_round_trip_through_the_cli(tmp_path: Path, capsys) -> None:
     assert "wrote" in capsys.readouterr().out
     denoiser = DenoisingUNet.from_pretrained(dst / "denoising_unet").eval()
     reference = ReferenceUNet.from_pretrained(dst / "reference_unet").eval()
-    loaded_guider = pose_guider_module.PoseGuider.from_pretrained(dst / "pose_guider").eval()
+    loaded_guider = PoseGuider.from_pretrained(dst / "pose_guider").eval()
     assert_weights_equal(denoiser, {**states["denoising_unet"], **states["motion_module"]})
     assert_weights_equal(reference, states["reference_unet"])
     assert_weights_equal(loaded_guider, guider.state_dict())
@@ -224,24 +233,13 @@ def test_round_trip_through_the_cli(tmp_path: Path, capsys) -> None:
 
 def test_complete_model_folder_loads_in_the_generation_pipeline(tmp_path: Path) -> None:
     """--vae and --image-encoder make DST a complete model folder with AniPortrait's scheduler and style."""
-    from lmk2video.models.pose_guider import PoseGuider, convert_to_aniportrait_pose_guider
     from lmk2video.pipeline import load_pipeline
     from tests.l2v_models import tiny_pipeline
 
     parts = tiny_pipeline(motion=False)
     parts.vae.save_pretrained(tmp_path / "vae")
     parts.image_encoder.save_pretrained(tmp_path / "image_encoder")
-    states = _aniportrait_unet_state_dicts(seed=3)
-    guider = PoseGuider(
-        unet_block_out_channels=TINY_UNET["block_out_channels"],
-        block_out_channels=(16, 32, 64, 128),
-        norm_num_groups=TINY_POSE_GUIDER["norm_num_groups"],
-        num_attention_heads=TINY_POSE_GUIDER["num_attention_heads"],
-        attention_head_dim=4,
-        reference_attention=True,
-        architecture="aniportrait",
-    )
-    states["pose_guider"] = convert_to_aniportrait_pose_guider(randomize_(guider, seed=4).state_dict())
+    states, guider = _aniportrait_release(seed=3)
     src = _write_source(tmp_path / "src", states)
     dst = tmp_path / "model"
     config = str(_tiny_config(tmp_path))
@@ -264,3 +262,86 @@ def test_complete_model_folder_loads_in_the_generation_pipeline(tmp_path: Path) 
     assert_weights_equal(pipe.pose_guider, guider.state_dict())
     assert_weights_equal(pipe.vae, parts.vae.state_dict())
     assert "vae: " in (dst / REPORT_NAME).read_text()
+
+
+def test_from_hub_converts_what_it_downloads_offline(tmp_path: Path, capsys, monkeypatch) -> None:
+    """--from-hub: the files come from a hub cache (HF_HUB_OFFLINE=1, as with no network); a missing file
+    is one error naming the repository and the file, and nothing is written."""
+    import os
+    import subprocess
+    import sys
+
+    from common import hub
+    from lmk2video.convert import (
+        ANIPORTRAIT_REPO,
+        IMAGE_ENCODER_REPO,
+        VAE_REPO,
+        download_aniportrait,
+    )
+    from lmk2video.pipeline import load_pipeline
+    from tests.hub_cache import put_folder_in_hub_cache
+    from tests.l2v_models import tiny_pipeline
+
+    parts = tiny_pipeline(motion=False)
+    parts.vae.save_pretrained(tmp_path / "vae", safe_serialization=False)  # the .bin alternative
+    parts.image_encoder.save_pretrained(tmp_path / "image_encoder")
+    states, guider = _aniportrait_release(seed=5)
+    src = _write_source(tmp_path / "src", states)
+    cache = tmp_path / "hub"
+    put_folder_in_hub_cache(cache, ANIPORTRAIT_REPO, src)
+    put_folder_in_hub_cache(cache, VAE_REPO, tmp_path / "vae")
+    put_folder_in_hub_cache(cache, IMAGE_ENCODER_REPO, tmp_path / "image_encoder", prefix="image_encoder/")
+    config = str(_tiny_config(tmp_path))
+
+    dst = tmp_path / "aniportrait"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    command = [
+        sys.executable,
+        "-m",
+        "lmk2video.convert",
+        "aniportrait",
+        "--from-hub",
+        str(dst),
+        "--config",
+        config,
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    pipe = load_pipeline(dst, device="cpu", dtype=torch.float32)
+    assert pipe.config.landmark_style == "aniportrait"
+    assert_weights_equal(pipe.denoising_unet, {**states["denoising_unet"], **states["motion_module"]})
+    assert_weights_equal(pipe.reference_unet, states["reference_unet"])
+    assert_weights_equal(pipe.pose_guider, guider.state_dict())
+    assert_weights_equal(pipe.vae, parts.vae.state_dict())
+    assert_weights_equal(pipe.image_encoder, parts.image_encoder.state_dict())
+    report = (dst / REPORT_NAME).read_text()
+    assert f"models--{VAE_REPO.replace('/', '--')}/snapshots/{hub.REVISIONS[VAE_REPO]}" in report
+
+    # The same cache, read in this process: the files are where download_aniportrait says.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    found = download_aniportrait(cache_dir=cache)
+    assert sorted(p.name for p in found["src"].iterdir()) == sorted(f"{n}.pth" for n in states)
+    assert (found["image_encoder"] / "config.json").is_file()
+
+    # A file the cache lacks: one error naming the repository, revision and file; DST is not created.
+    (found["src"] / "motion_module.pth").unlink()
+    out = tmp_path / "second"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["aniportrait", "--from-hub", str(out), "--config", config, "--cache-dir", str(cache)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and not out.exists()
+    assert f"motion_module.pth of {ANIPORTRAIT_REPO}@main is not in the hub cache" in err
+    assert "HF_HUB_OFFLINE" in err and err.count("error:") == 1
+
+    # Bad option combinations are refused before anything is downloaded.
+    for argv, message in (
+        (["aniportrait", "--from-hub", str(src), str(out)], "--from-hub takes only DST"),
+        (["aniportrait", str(src), str(out), "--revision", "x/y=main"], "go with --from-hub"),
+        (["aniportrait", "--from-hub", str(out), "--revision", "nonsense"], "expected REPO=REVISION"),
+        (["aniportrait", "--from-hub", str(dst)], "already exists"),
+        (["aniportrait", str(out)], "pass SRC and DST"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            main(argv)
+        assert refused.value.code == 2 and message in capsys.readouterr().err, argv
+    assert not out.exists()
