@@ -74,10 +74,10 @@ import torch
 
 from audio2lmk.models.audio2mesh import Audio2MeshModel
 from audio2lmk.models.audio2pose import Audio2PoseModel, sinusoidal_positions
-from common import hub
-from common.atomic import ensure_writable_dir
+from common import hub, limits
+from common.atomic import check_output_folder
 from common.errors import UserError, exit_on_user_error
-from common.weights import strict_load
+from common.weights import check_finite, strict_load, unreadable_reason
 
 # AniPortrait's scripts/audio2vid.py: pose_seq[:, :3] *= 0.5, then smooth_pose_seq(pose_seq, 7).
 ANIPORTRAIT_POSE_POSTPROCESS = {"rotation_scale": 0.5, "smooth": 7}
@@ -126,11 +126,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check the path")
+    if path.stat().st_size == 0:
+        raise UserError(
+            f"checkpoint {path} is empty (0 bytes): the download or copy did not finish; fetch it again"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or foreign files
         raise UserError(
-            f"cannot read checkpoint {path}: {err}; pass AniPortrait's audio2mesh.pt / audio2pose.pt"
+            f"cannot read checkpoint {path}: {unreadable_reason(path, err)}; pass AniPortrait's audio2mesh.pt / "
+            "audio2pose.pt"
         ) from None
     return _tensor_dict(state, str(path))
 
@@ -140,6 +145,7 @@ def _tensor_dict(state: Any, source: str) -> dict[str, torch.Tensor]:
         raise UserError(
             f"{source} is not a state dict of tensors; pass AniPortrait's audio2mesh.pt / audio2pose.pt"
         )
+    check_finite(state, source)
     return dict(state)
 
 
@@ -450,9 +456,8 @@ def convert_aniportrait_folder(
         raise UserError(
             "pass --audio2mesh FILE, --audio2pose FILE or both (AniPortrait's audio2mesh.pt / audio2pose.pt)"
         )
-    out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; choose a new output folder or pass --overwrite")
+    limits.number(fps, "--fps", 0, limits.MAX_FPS, low_open=True, hint="AniPortrait's models run at 30")
+    out = check_output_folder(out, overwrite, "--overwrite")
     options = {"fps": fps, "wav2vec2": wav2vec2, "wav2vec2_config": wav2vec2_config}
     mesh = convert_aniportrait_audio2mesh(audio2mesh, **options) if audio2mesh is not None else None
     pose = convert_aniportrait_audio2pose(audio2pose, **options) if audio2pose is not None else None
@@ -537,10 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  ("--wav2vec2", args.wav2vec2), ("--wav2vec2-config", args.wav2vec2_config)) if value]  # fmt: skip
         if given:
             raise UserError(f"--from-hub downloads the files itself; drop {', '.join(given)}")
-        out = Path(args.out).expanduser()
-        if out.exists() and not args.overwrite:  # before hundreds of megabytes are downloaded
-            raise UserError(f"{out} already exists; choose a new output folder or pass --overwrite")
-        ensure_writable_dir(out)
+        check_output_folder(args.out, args.overwrite, "--overwrite")  # before hundreds of megabytes download
         sources = download_aniportrait(hub.parse_revisions(args.revision), args.cache_dir)
     elif args.revision or args.cache_dir:
         raise UserError("--revision and --cache-dir go with --from-hub; add it or drop them")

@@ -40,21 +40,29 @@ def _path(cfg: DictConfig, key: str) -> Path:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR / "audio2lmk"), config_name="infer")
 @exit_on_user_error
 def main(cfg: DictConfig) -> str:
-    from audio2lmk.inference import audio_to_landmarks, load_audio2lmk
+    from audio2lmk.inference import audio_to_landmarks, check_model_folder, load_audio2lmk
+    from common import limits
     from common.atomic import check_output
     from common.audio import load_audio
     from common.detect import load_reference
+    from common.devices import resolve_device
 
     model_dir, audio_path = _path(cfg, "model"), _path(cfg, "audio")
     reference_path, out = _path(cfg, "reference"), _path(cfg, "out")
+    # Options, outputs and inputs first; the models and the face detector only then.
+    limits.seed(cfg.seed)
+    device = resolve_device(str(cfg.device))
     if out.suffix != ".npz":
         raise UserError(f"out={cfg.out}: landmark files end in .npz; choose a name like {out.stem}.npz")
     check_output(out, cfg.overwrite)
     pose = str(cfg.pose)
     if pose not in ("model", "still"):
         pose = str(_path(cfg, "pose"))
-    loaded = load_audio2lmk(model_dir, device=cfg.device)
-    samples = load_audio(audio_path, min_duration=1.0 / loaded.fps)
+    fps = check_model_folder(model_dir)
+    samples = load_audio(audio_path, min_duration=1.0 / fps)
+    if reference_path.suffix.lower() == ".npz":
+        load_reference(reference_path)
+    loaded = load_audio2lmk(model_dir, device=device)
     reference = load_reference(reference_path, model_path=cfg.face_model)
     seq = audio_to_landmarks(loaded, samples, reference, pose=pose, style=cfg.style, seed=cfg.seed)
     seq.meta["source"] = str(audio_path)

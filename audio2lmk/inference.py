@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ import numpy as np
 import torch
 
 from audio2lmk.models import Audio2MeshModel, Audio2PoseModel
-from common.atomic import ensure_writable_dir
+from common.atomic import atomic_folder
 from common.audio import SAMPLE_RATE, load_audio, num_frames_for
 from common.edit import load_pose_source, set_pose, smooth
 from common.errors import UserError
@@ -122,26 +120,12 @@ def export_audio2lmk(
         "data": dict(data or {}),
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
     }
-    ensure_writable_dir(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    old = target.with_name(f".{target.name}.old")
-    try:
+    with atomic_folder(target, overwrite=True) as tmp:
         if mesh_model is not None:
             mesh_model.save_pretrained(tmp / MESH_DIR)
         if pose_model is not None:
             pose_model.save_pretrained(tmp / POSE_DIR)
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=1))
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-        tmp.rename(target)
-    except BaseException:
-        if old.exists() and not target.exists():
-            old.rename(target)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     log.info("exported the audio2lmk model to %s", target)
     return target
 
@@ -163,6 +147,37 @@ def _check_postprocess(post: Mapping[str, Any], source: str) -> None:
         )
 
 
+_HINT = "pass a folder written by `python -m audio2lmk.train ... export_dir=DIR`"
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    """The folder's ``audio2lmk.json``, checked (no model is loaded)."""
+    if not path.is_dir():
+        raise UserError(f"model folder {path} does not exist; {_HINT}")
+    info_path = path / INFO_NAME
+    if not info_path.is_file():
+        raise UserError(f"{path} is not an audio2lmk model folder (no {INFO_NAME}); {_HINT}")
+    try:
+        info = json.loads(info_path.read_text())
+        fmt, version, fps = info["format"], info["version"], float(info["fps"])
+        [str(s) for s in info["styles"]]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{info_path} is not a valid {INFO_NAME} ({err}); {_HINT}") from None
+    if fmt != FORMAT or version != FORMAT_VERSION:
+        raise UserError(
+            f"{info_path}: format {fmt!r} version {version}, expected {FORMAT!r} version {FORMAT_VERSION}; {_HINT}"
+        )
+    if not 0 < fps <= 240:
+        raise UserError(f"{info_path}: fps {fps:g} is outside (0, 240]; {_HINT}")
+    _check_postprocess({**DEFAULT_POSTPROCESS, **info.get("pose_postprocess", {})}, str(info_path))
+    return info
+
+
+def check_model_folder(model_dir: str | os.PathLike) -> float:
+    """Check an audio2lmk model folder's description without loading a model; returns its frame rate."""
+    return float(_read_info(Path(model_dir).expanduser())["fps"])
+
+
 def load_audio2lmk(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedAudio2Lmk:
     """Load a model folder written by :func:`export_audio2lmk` (strict: every weight must fit).
 
@@ -171,23 +186,8 @@ def load_audio2lmk(model_dir: str | os.PathLike, device: str | torch.device = "c
             match (missing sub-folder, weights that do not fit, fps or style count mismatch).
     """
     path = Path(model_dir).expanduser()
-    hint = "pass a folder written by `python -m audio2lmk.train ... export_dir=DIR`"
-    if not path.is_dir():
-        raise UserError(f"model folder {path} does not exist; {hint}")
-    info_path = path / INFO_NAME
-    if not info_path.is_file():
-        raise UserError(f"{path} is not an audio2lmk model folder (no {INFO_NAME}); {hint}")
-    try:
-        info = json.loads(info_path.read_text())
-        fmt, version, fps = info["format"], info["version"], float(info["fps"])
-        styles = [str(s) for s in info["styles"]]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{info_path} is not a valid {INFO_NAME} ({err}); {hint}") from None
-    if fmt != FORMAT or version != FORMAT_VERSION:
-        raise UserError(
-            f"{info_path}: format {fmt!r} version {version}, expected {FORMAT!r} version {FORMAT_VERSION}; {hint}"
-        )
-    _check_postprocess({**DEFAULT_POSTPROCESS, **info.get("pose_postprocess", {})}, str(info_path))
+    info = _read_info(path)
+    info_path, fps, styles = path / INFO_NAME, float(info["fps"]), [str(s) for s in info["styles"]]
     models: dict[str, Any] = {}
     for key, cls in (("mesh_model", Audio2MeshModel), ("pose_model", Audio2PoseModel)):
         sub = info.get(key)
@@ -195,7 +195,7 @@ def load_audio2lmk(model_dir: str | os.PathLike, device: str | torch.device = "c
             models[key] = None
             continue
         if not (path / sub).is_dir():
-            raise UserError(f"{path}: {INFO_NAME} names the sub-folder {sub}/ but it is missing; {hint}")
+            raise UserError(f"{path}: {INFO_NAME} names the sub-folder {sub}/ but it is missing; {_HINT}")
         model = cls.from_pretrained(path / sub)
         if float(model.config.fps) != fps:
             raise UserError(
@@ -204,7 +204,7 @@ def load_audio2lmk(model_dir: str | os.PathLike, device: str | torch.device = "c
             )
         models[key] = model.to(device).eval()
     if models["mesh_model"] is None and models["pose_model"] is None:
-        raise UserError(f"{info_path} lists neither a mesh nor a pose model; {hint}")
+        raise UserError(f"{info_path} lists neither a mesh nor a pose model; {_HINT}")
     pose_model = models["pose_model"]
     if pose_model is not None and len(styles) > pose_model.config.num_styles:
         raise UserError(

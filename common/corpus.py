@@ -4,7 +4,13 @@ For every video under ``input_dir`` (recursively) it writes, under ``output_dir/
 landmark file (``<id>.npz``), the speech as 16 kHz mono wav (``<id>.wav``, from the video's own
 audio track or a same-named audio file beside it) and a small record (``<id>.json``). Then it
 writes ``output_dir/index.json`` (see ``common.index``) and ``output_dir/report.json`` listing
-rejected clips with their reason (no face, several faces, too short, no audio, unreadable).
+rejected clips with their reason (no face, several faces, too short, no audio, unreadable, truncated,
+audio and video of different lengths).
+
+The two streams of every accepted clip agree within one frame: a video that decodes fewer frames than
+its container announces is rejected (truncated or damaged); a clip whose audio and decoded video differ
+by more than ``max_stream_mismatch`` seconds (0.25) is rejected; within that, both are cut to the
+shorter one.
 
 Clips are processed in parallel worker processes; finished clips (accepted or rejected) are
 skipped when the command runs again, so an interrupted run resumes. Every file is written
@@ -51,6 +57,29 @@ class PreprocessSettings:
     speaker_pattern: str = r"^(.+?)(?:_clip.*)?$"
     retry_rejected: bool = False
     progress: bool = True
+    max_stream_mismatch: float = 0.25
+
+    def check(self) -> PreprocessSettings:
+        """Every option in range, and the output folder writable, before any clip is read."""
+        from common import limits
+        from common.atomic import check_output_folder
+
+        limits.number(self.num_workers, "num_workers=", 1, 256, integer=True)
+        limits.number(self.min_duration, "min_duration=", 0, 3600, hint="seconds")
+        limits.number(self.max_gap, "max_gap=", 0, 3600, hint="seconds")
+        limits.fraction(self.min_face_fraction, "min_face_fraction=")
+        limits.fraction(self.max_multi_face_fraction, "max_multi_face_fraction=")
+        limits.number(self.max_stream_mismatch, "max_stream_mismatch=", 0, 60, hint="seconds")
+        try:
+            if re.compile(self.speaker_pattern).groups < 1:
+                raise re.error("no group")
+        except (re.error, TypeError):
+            raise UserError(
+                f"speaker_pattern={self.speaker_pattern!r} must be a regular expression with a group, "
+                r"e.g. ^(.+?)(?:_clip.*)?$"
+            ) from None
+        check_output_folder(self.output_dir, overwrite=True)  # an existing folder resumes
+        return self
 
 
 def find_videos(input_dir: Path) -> list[Path]:
@@ -112,9 +141,11 @@ def process_clip(video: str, cid: str, speaker: str, settings: PreprocessSetting
             )
         samples = load_audio(audio_src, sample_rate=SAMPLE_RATE)
         audio_duration = len(samples) / SAMPLE_RATE
-        if audio_duration < 0.9 * info.duration:
+        if abs(audio_duration - info.duration) > settings.max_stream_mismatch:
             raise UserError(
-                f"audio ({audio_duration:.2f} s) is much shorter than the video ({info.duration:.2f} s)"
+                f"the audio ({audio_duration:.2f} s) and the video ({info.duration:.2f} s) differ by "
+                f"{abs(audio_duration - info.duration):.2f} s, more than max_stream_mismatch="
+                f"{settings.max_stream_mismatch:g} s; give the clip its own audio"
             )
         report = ExtractionReport()
         seq = extract_video(
@@ -128,6 +159,7 @@ def process_clip(video: str, cid: str, speaker: str, settings: PreprocessSetting
         )
         if report.num_multi_face > settings.max_multi_face_fraction * report.num_frames:
             raise UserError(f"several faces in {report.num_multi_face} of {report.num_frames} frames")
+        seq, samples = _common_length(seq, samples, settings.max_stream_mismatch)
         lmk_path = out_dir / "clips" / f"{cid}.npz"
         wav_path = out_dir / "clips" / f"{cid}.wav"
         seq.meta["speaker"] = speaker
@@ -155,10 +187,29 @@ def process_clip(video: str, cid: str, speaker: str, settings: PreprocessSetting
     return result
 
 
+def _common_length(seq, samples: np.ndarray, max_mismatch: float):
+    """Cut the landmarks and the audio to the shorter of the two, so that they agree within one frame.
+
+    A clip whose decoded frames and audio differ by more than ``max_mismatch`` seconds is rejected instead
+    (a truncated video is refused when it is decoded, see :func:`common.video.iter_frames`).
+    """
+    video_duration, audio_duration = seq.num_frames / seq.fps, len(samples) / SAMPLE_RATE
+    if abs(video_duration - audio_duration) > max_mismatch:
+        raise UserError(
+            f"its {seq.num_frames} decoded frames last {video_duration:.2f} s but its audio {audio_duration:.2f} s "
+            f"(more than max_stream_mismatch={max_mismatch:g} s apart); give the clip its own audio"
+        )
+    frames = min(seq.num_frames, int(np.floor(audio_duration * seq.fps + 1e-6)))
+    if frames < seq.num_frames:
+        seq = seq.select(slice(0, frames))
+    samples = samples[: round(frames / seq.fps * SAMPLE_RATE)]
+    return seq, samples
+
+
 def _load_record(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
 
 
@@ -177,6 +228,7 @@ def preprocess(settings: PreprocessSettings) -> dict:
 
     in_dir = Path(settings.input_dir).expanduser()
     out_dir = Path(settings.output_dir).expanduser()
+    settings.check()
     if not in_dir.is_dir():
         raise UserError(f"input_dir={in_dir}: no such folder; give the folder holding the videos")
     videos = find_videos(in_dir)

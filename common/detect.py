@@ -32,6 +32,7 @@ import numpy as np
 from common.atomic import atomic_output
 from common.errors import UserError
 from common.geometry import landmarks_to_geometry
+from common.limits import MAX_IMAGE_SIDE
 from common.lmkfile import NUM_BLENDSHAPES, NUM_LANDMARKS, LandmarkSequence
 
 log = logging.getLogger(__name__)
@@ -98,13 +99,13 @@ def resolve_face_model(path: str | os.PathLike | None = None, download: bool = T
         p = Path(path).expanduser()
         if not p.is_file():
             raise UserError(f"{p}: face landmarker model not found; give the path of {MODEL_FILENAME}")
-        return p
+        return _check_bundle(p)
     env = os.environ.get(MODEL_ENV)
     if env:
         p = Path(env).expanduser()
         if not p.is_file():
             raise UserError(f"{MODEL_ENV}={env}: no such file; point it at {MODEL_FILENAME}")
-        return p
+        return _check_bundle(p)
     cached = cache_dir() / MODEL_FILENAME
     if cached.is_file():
         return cached
@@ -116,6 +117,18 @@ def resolve_face_model(path: str | os.PathLike | None = None, download: bool = T
             f"(it is published at {MODEL_URL})"
         )
     return download_face_model(cached)
+
+
+def _check_bundle(path: Path) -> Path:
+    """A MediaPipe ``.task`` file is a zip archive of models: refuse anything else before MediaPipe sees it."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path}: not a MediaPipe model bundle (a .task file is a zip archive); give {MODEL_FILENAME} "
+            f"from {MODEL_URL}"
+        )
+    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,6 +421,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such image file; check the path")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as header:  # reads the size only
+            width, height = header.size
+    except Image.DecompressionBombError:
+        raise UserError(f"{path}: the image is far too large; scale it down") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise UserError(f"{path}: not a readable image; give a JPEG or PNG file") from None
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise UserError(
+            f"{path}: the image is {width}x{height} pixels, more than {MAX_IMAGE_SIDE} on a side; scale it down"
+        )
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:

@@ -7,12 +7,14 @@ atomically (nothing is left behind on failure). An existing output is kept unles
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 
 import numpy as np
 
+from common import limits
 from common.atomic import check_output
 from common.detect import load_reference
 from common.errors import UserError, exit_on_user_error
@@ -22,14 +24,61 @@ log = logging.getLogger("common.lmk")
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"WxH"`` -> (H, W)."""
+    """``"WxH"`` -> (H, W), each side from 1 to :data:`common.limits.MAX_IMAGE_SIDE`."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise UserError(f"--size {text!r}: write the size as WIDTHxHEIGHT, e.g. 512x512") from None
-    if w <= 0 or h <= 0:
-        raise UserError(f"--size {text!r}: width and height must be positive")
+    if not (0 < w <= limits.MAX_IMAGE_SIDE and 0 < h <= limits.MAX_IMAGE_SIDE):
+        raise UserError(
+            f"--size {text!r}: width and height must be from 1 to {limits.MAX_IMAGE_SIDE} pixels, e.g. 512x512"
+        )
     return h, w
+
+
+@contextlib.contextmanager
+def _option(flag: str):
+    """Name the command-line flag in the errors of the edit it drives."""
+    try:
+        yield
+    except UserError as err:
+        raise UserError(f"{flag}: {err}") from None
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every option in range before any file is read or model loaded."""
+    output = getattr(args, "output", None)
+    if output is not None and args.command != "render" and not output.endswith(".npz"):
+        raise UserError(f"-o {output}: landmark files end in .npz; choose an output name like OUT.npz")
+    if args.command == "extract":
+        limits.number(args.max_gap, "--max-gap", 0, 3600, hint="seconds of face-less frames to interpolate")
+        limits.fraction(args.min_face_fraction, "--min-face-fraction")
+        limits.number(args.num_faces, "--num-faces", 1, 10, integer=True)
+        limits.number(args.fps, "--fps", 0, limits.MAX_FPS, low_open=True)
+        if args.model is not None:
+            from common.detect import resolve_face_model
+
+            resolve_face_model(args.model)
+    elif args.command == "render":
+        from common.video import VideoWriter
+
+        VideoWriter(
+            args.output, fps=1.0, audio=args.audio
+        )  # checks the name and the audio path; writes nothing
+        if args.size:
+            parse_size(args.size)
+        from common.draw import get_style
+
+        get_style(args.style)
+    elif args.command == "edit":
+        if args.fps is not None:
+            limits.number(args.fps, "--fps", 0, limits.MAX_FPS, low_open=True)
+        if args.smooth is not None:
+            limits.number(args.smooth, "--smooth", 1, limits.MAX_SMOOTH, integer=True, hint="1 = unchanged")
+        if args.mouth_scale is not None:
+            limits.number(
+                args.mouth_scale, "--mouth-scale", 0, limits.MAX_MOUTH_SCALE, hint="1 = unchanged, 0 = closed"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,7 +161,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     size = parse_size(args.size) if args.size else seq.image_size
     style = get_style(args.style)
     points = seq.project(size)
-    chunk = 64
+    chunk = max(1, min(64, (256 << 20) // (3 * size[0] * size[1])))  # at most 256 MiB of frames at a time
     with VideoWriter(args.output, seq.fps, audio=args.audio) as writer:
         for start in tqdm(
             range(0, seq.num_frames, chunk), desc="render", unit="chunk", disable=args.quiet, leave=False
@@ -128,9 +177,14 @@ def cmd_edit(args: argparse.Namespace) -> None:
     from common import edit
 
     seq = LandmarkSequence.load(args.file)
+    pose = None
+    if args.pose is not None and args.pose != "still":
+        with _option("--pose"):
+            pose = edit.load_pose_source(args.pose)
     if args.trim is not None:
-        start, end = edit.parse_trim(args.trim, seq)
-        seq = edit.trim(seq, start, end)
+        with _option("--trim"):
+            start, end = edit.parse_trim(args.trim, seq)
+            seq = edit.trim(seq, start, end)
     if args.fps is not None:
         seq = edit.resample_fps(seq, args.fps)
     if args.smooth is not None:
@@ -138,7 +192,8 @@ def cmd_edit(args: argparse.Namespace) -> None:
     if args.mouth_scale is not None:
         seq = edit.scale_mouth(seq, args.mouth_scale)
     if args.pose is not None:
-        seq = edit.set_pose(seq, "still" if args.pose == "still" else edit.load_pose_source(args.pose))
+        with _option("--pose"):
+            seq = edit.set_pose(seq, "still" if pose is None else pose)
     seq.save(args.output)
     print(f"wrote {args.output}: {seq.num_frames} frames at {seq.fps:g} fps")
 
@@ -219,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    check_args(args)
     if getattr(args, "output", None) is not None:
         check_output(args.output, args.overwrite, "--overwrite")
     args.func(args)

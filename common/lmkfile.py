@@ -38,6 +38,7 @@ from common import __version__
 from common.atomic import atomic_output
 from common.errors import UserError
 from common.geometry import NUM_VERTICES, project
+from common.limits import MAX_FPS, MAX_IMAGE_SIDE
 
 SCHEMA_VERSION = 1
 NUM_LANDMARKS = 478
@@ -133,10 +134,18 @@ class LandmarkSequence:
             raise bad(
                 "pose", f"has shape {self.pose.shape}, expected ({t}, 6)", "give one 6-D pose per mesh frame"
             )
-        if not np.isfinite(self.fps) or self.fps <= 0:
-            raise bad("fps", f"is {self.fps}", "set a positive frame rate, e.g. with `common.lmk edit --fps`")
-        if min(self.image_size) <= 0:
-            raise bad("image_size", f"is {self.image_size}", "store the (H, W) of the source frames")
+        if not np.isfinite(self.fps) or not 0 < self.fps <= MAX_FPS:
+            raise bad(
+                "fps",
+                f"is {self.fps:g}, outside (0, {MAX_FPS:g}]",
+                "set the frame rate, e.g. with `common.lmk edit --fps 30`",
+            )
+        if min(self.image_size) <= 0 or max(self.image_size) > MAX_IMAGE_SIDE:
+            raise bad(
+                "image_size",
+                f"is {self.image_size}, outside 1..{MAX_IMAGE_SIDE} pixels",
+                "store the (H, W) of the source frames",
+            )
         shapes = {
             "landmarks2d": (t, NUM_LANDMARKS, 2),
             "blendshapes": (t, NUM_BLENDSHAPES),
@@ -211,8 +220,11 @@ class LandmarkSequence:
                 f"{source}: missing required key(s) {', '.join(missing)}; a landmark file needs "
                 f"{', '.join(REQUIRED_KEYS)} (create one with `python -m common.lmk extract`)"
             )
-        version = int(arrays["version"]) if "version" in arrays else None
-        if version is None or version > SCHEMA_VERSION or version < 1:
+        version = arrays.get("version")
+        if version is not None and version.shape == () and np.issubdtype(version.dtype, np.integer):
+            version = int(version)
+        if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+            version = version if version is None or isinstance(version, int) else repr(version.tolist())
             raise UserError(
                 f"{source}: key 'version' is {version}, this tool reads schema version(s) 1..{SCHEMA_VERSION}; "
                 "upgrade talking-portrait or re-extract the file"
@@ -224,14 +236,24 @@ class LandmarkSequence:
         size = arrays["image_size"]
         if fps.shape != () or not np.issubdtype(fps.dtype, np.number):
             raise UserError(f"{source}: key 'fps' must be a number, got shape {fps.shape} dtype {fps.dtype}")
-        if size.shape != (2,) or not np.issubdtype(size.dtype, np.number):
-            raise UserError(f"{source}: key 'image_size' must be (H, W), got shape {size.shape}")
+        if size.shape != (2,) or not np.issubdtype(size.dtype, np.integer):
+            raise UserError(
+                f"{source}: key 'image_size' must be two whole numbers (H, W), got {size.tolist()!r}; "
+                "store the pixel size of the source frames"
+            )
         meta: dict[str, Any] = {}
         if "meta" in arrays:
+            text = arrays["meta"]
             try:
-                meta = json.loads(str(arrays["meta"]))
-            except json.JSONDecodeError:
-                raise UserError(f"{source}: key 'meta' is not JSON text; remove or fix it") from None
+                if text.shape != () or text.dtype.kind != "U":
+                    raise ValueError
+                meta = json.loads(str(text))
+                if not isinstance(meta, dict):
+                    raise ValueError
+            except ValueError:
+                raise UserError(
+                    f"{source}: key 'meta' must be JSON text of an object ({{...}}); remove or fix it"
+                ) from None
         kwargs = {k: arrays[k] for k in OPTIONAL_KEYS if k in arrays and k != "meta"}
         seq = cls(
             mesh=arrays["mesh"],

@@ -16,6 +16,7 @@ import numpy as np
 
 from common.atomic import atomic_output
 from common.errors import UserError
+from common.limits import MAX_IMAGE_SIDE
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -68,6 +69,12 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         else:
             duration = 0.0
         frames = stream.frames or round(duration * fps)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if max(width, height) > MAX_IMAGE_SIDE:
+            raise UserError(
+                f"{path}: the video is {width}x{height} pixels, more than {MAX_IMAGE_SIDE} on a side; scale it "
+                "down, e.g. ffmpeg -i IN -vf scale=-2:1080 OUT.mp4"
+            )
         return VideoInfo(
             path=path,
             fps=fps,
@@ -89,11 +96,12 @@ def iter_frames(path: str | os.PathLike) -> Iterator[tuple[float, np.ndarray]]:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fallback_dt = 1.0 / float(stream.average_rate or stream.guessed_rate or 30)
-        index = 0
+        index, last = 0, 0.0
         try:
             for frame in container.decode(stream):
                 t = frame.time if frame.time is not None else index * fallback_dt
-                yield float(t), frame.to_ndarray(format="rgb24")
+                last = float(t)
+                yield last, frame.to_ndarray(format="rgb24")
                 index += 1
         except av.error.FFmpegError as err:
             if index == 0:
@@ -103,8 +111,37 @@ def iter_frames(path: str | os.PathLike) -> Iterator[tuple[float, np.ndarray]]:
             ) from None
         if index == 0:
             raise UserError(f"{path}: the video has no frames; give a video with at least one frame")
+        _check_complete(path, stream, index, last, fallback_dt)
     finally:
         container.close()
+
+
+def _check_complete(
+    path: Path, stream: av.video.stream.VideoStream, decoded: int, last: float, dt: float
+) -> None:
+    """Refuse a video that ends before its container says it does (a cut or damaged download).
+
+    The decoded frame count is compared with the count the container announces; where it announces none,
+    the last decoded frame's time with the stream's duration. More than one frame missing is an error: such
+    a file would give landmarks shorter than its audio. Re-encoding keeps the part that decodes.
+    """
+    announced = int(stream.frames or 0)
+    if announced:
+        missing = announced - decoded
+        detail = f"the container announces {announced} frames but only {decoded} decode"
+    elif stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base) + float(stream.start_time or 0) * float(
+            stream.time_base
+        )
+        missing = round((duration - (last + dt)) / dt)
+        detail = f"the stream lasts {duration:.2f} s but its frames end at {last + dt:.2f} s"
+    else:
+        return
+    if missing > 1:
+        raise UserError(
+            f"{path}: truncated or damaged: {detail}; re-download the file, or keep the part that decodes with "
+            "ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4 (and its audio cut to match)"
+        )
 
 
 def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> np.ndarray:

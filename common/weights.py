@@ -48,6 +48,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"checkpoint {path} has an unknown extension {path.suffix!r}; "
             f"expected one of {', '.join(CHECKPOINT_SUFFIXES)}"
         )
+    if path.stat().st_size == 0:
+        raise UserError(
+            f"checkpoint {path} is empty (0 bytes): the download or copy did not finish; fetch it again"
+        )
     try:
         if suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -56,10 +60,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, wrong format, pickled code objects
-        raise UserError(
-            f"cannot read checkpoint {path}: {type(err).__name__}: {err}; "
-            "re-download it or convert it to .safetensors"
-        ) from None
+        raise UserError(f"cannot read checkpoint {path}: {unreadable_reason(path, err)}") from None
     if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
         data = data["state_dict"]
     if not isinstance(data, Mapping):
@@ -67,7 +68,43 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     tensors = {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise UserError(f"checkpoint {path} holds no tensors")
+    check_finite(tensors, str(path))
     return tensors
+
+
+def unreadable_reason(path: Path, err: Exception) -> str:
+    """Why a checkpoint file could not be read, in our words (not the library's advice), and what to do."""
+    text = str(err)
+    if "weights_only" in text or "Unsupported global" in text:
+        return (
+            "it holds Python objects besides tensors, which are not loaded (a checkpoint must not run "
+            "code); save its state dict from a trusted copy (torch.save(model.state_dict(), ...)) or "
+            "convert it to .safetensors"
+        )
+    if path.suffix.lower() == ".safetensors":
+        return "not a complete .safetensors file (truncated or damaged); download or save it again"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(b"PK"):
+        return "the file is truncated or damaged (its zip archive is incomplete); download or save it again"
+    return (
+        "not a PyTorch checkpoint (or one truncated or damaged beyond recognition); "
+        "check that it is the right file and download it again"
+    )
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity: they would only show as a broken output much later."""
+    bad = [
+        k
+        for k, v in state.items()
+        if (v.is_floating_point() or v.is_complex()) and v.numel() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise UserError(
+            f"{source} holds NaN or infinite values in {len(bad)} weight(s): {format_keys(bad)}; the model "
+            "diverged when it was trained or the file is damaged: use an earlier checkpoint or fetch it again"
+        )
 
 
 def check_state_dict(
@@ -149,7 +186,7 @@ def read_unet_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     """Config dict and state dict of a diffusers model folder (safetensors preferred over .bin)."""
     try:
         config = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:
         raise UserError(f"cannot read {folder / 'config.json'}: {err}") from None
     for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME):
         if (folder / name).is_file():
@@ -171,14 +208,23 @@ class StrictLoadMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         want_info = kwargs.pop("output_loading_info", False)
+        folder = Path(pretrained_model_name_or_path).expanduser()
+        if folder.is_dir():
+            check_model_folder(folder, cls.__name__, kwargs.get("subfolder"))
         try:
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, output_loading_info=True, **kwargs
             )
-        except (OSError, ValueError) as err:  # no folder, no config.json, unreadable weights
+        except UserError:
+            raise
+        except Exception as err:  # no folder, unreadable files: diffusers' advice does not apply to users
+            if folder.is_dir():
+                cls._diagnose(folder / kwargs["subfolder"] if kwargs.get("subfolder") else folder)
+            reason = str(err).split("\n")[0] if isinstance(err, OSError) and not folder.is_dir() else ""
             raise UserError(
-                f"cannot load {cls.__name__} from {pretrained_model_name_or_path}: {err}; pass a folder "
-                f"written by {cls.__name__}.save_pretrained"
+                f"cannot load {cls.__name__} from {pretrained_model_name_or_path}"
+                + (f" ({reason})" if reason else "")
+                + f"; pass a folder written by {cls.__name__}.save_pretrained"
             ) from None
         problems = []
         for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
@@ -191,4 +237,67 @@ class StrictLoadMixin:
                 + "; ".join(problems)
                 + f"; {cls.strict_load_hint}"
             )
+        check_finite(dict(model.state_dict()), str(pretrained_model_name_or_path))
         return (model, info) if want_info else model
+
+    @classmethod
+    def _diagnose(cls, folder: Path) -> None:
+        """After a failed load: compare the folder's weights with the model its config describes, and raise
+        our error listing missing, unexpected or mis-shaped keys (returns when that finds nothing)."""
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            expected = cls.from_config(config).state_dict()
+        except Exception:  # the config itself is the problem: the generic message says so
+            return
+        for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME):
+            if (folder / name).is_file():
+                check_state_dict(
+                    expected, load_checkpoint(folder / name), str(folder / name), cls.strict_load_hint
+                )
+                return
+
+
+def check_model_folder(folder: Path, what: str, subfolder: str | None = None) -> None:
+    """Read a ``save_pretrained`` folder's config and weight files ourselves, so that an unreadable one is
+    reported in our words (empty, truncated, not JSON) before a library gives its own advice."""
+    folder = folder / subfolder if subfolder else folder
+    config = folder / "config.json"
+    if not config.is_file():
+        raise UserError(f"{folder} has no config.json; pass a folder written by {what}.save_pretrained")
+    try:
+        json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(
+            f"{config} is not valid JSON ({err}); save the model again or fetch it again"
+        ) from None
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        if weights.stat().st_size == 0:
+            raise UserError(
+                f"{weights} is empty (0 bytes): the copy or download did not finish; fetch it again"
+            )
+        if weights.suffix == ".safetensors":
+            _check_safetensors_header(weights)
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the data: check that all of it is
+    there (a truncated file is otherwise reported by the library as an obscure parse error)."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        try:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length)) if 0 < length <= size - 8 else None
+        except (struct.error, UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        raise UserError(
+            f"{path} is not a complete .safetensors file (damaged header); fetch or save it again"
+        )
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + length + end > size:
+        raise UserError(
+            f"{path} is truncated ({size} of {8 + length + end} bytes); the copy or download did not finish: "
+            "fetch it again"
+        )

@@ -19,6 +19,8 @@ store_open_dict("benchmark_systems", "systems")
 
 
 def run(cfg: DictConfig) -> dict:
+    from common import limits
+    from common.atomic import check_output_folder
     from common.evaluation.report import publish
     from common.evaluation.run import EvalOptions, evaluate_folders
     from common.index import load_index
@@ -35,8 +37,11 @@ def run(cfg: DictConfig) -> dict:
             "out=DIR is required: the benchmark's folder (videos, report.json, report.md, plots/)"
         )
     out = Path(path(cfg.out))
-    if out.exists() and not out.is_dir():
-        raise UserError(f"out={out} is a file; give a folder")
+    for key in ("frames", "max_clips"):
+        if cfg[key] is not None:
+            limits.number(cfg[key], f"{key}=", 1, 100000, integer=True, hint="or null")
+    limits.seed(cfg.seed)
+    check_output_folder(out, overwrite=True)  # an existing benchmark folder resumes
     clips = load_index(path(cfg.index))
     if cfg.test_speakers:
         clips = [c for c in clips if c.speaker in set(cfg.test_speakers)]
@@ -44,9 +49,6 @@ def run(cfg: DictConfig) -> dict:
             raise UserError(
                 f"no clip of {list(cfg.test_speakers)} in index={cfg.index}; set test_speakers=[NAME]"
             )
-    for key in ("frames", "max_clips"):
-        if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
-            raise UserError(f"{key}={cfg[key]!r} must be a whole number >= 1 (or null)")
     bench = Benchmark(
         excerpts=test_excerpts(clips, cfg.frames, cfg.max_clips, int(cfg.reference_frame)),
         out=out,

@@ -141,10 +141,11 @@ class Benchmark:
     def render_all(self) -> dict[str, Path]:
         """Write the test set and every system's videos (finished ones are kept); returns the system folders."""
         from common.corpus import write_wav
+        from common.devices import resolve_device
         from common.video import VideoWriter, read_frames
         from lmk2video.framing import LandmarkDrawings, apply_framing, frame_reference
         from lmk2video.pipeline import load_pipeline
-        from lmk2video.rendering import render, resolve_device, resolve_dtype
+        from lmk2video.rendering import render, resolve_dtype
 
         device = resolve_device(self.device)
         pipe = load_pipeline(self.model, device=device, dtype=resolve_dtype(self.dtype, device))

@@ -58,7 +58,7 @@ from typing import Any
 import torch
 
 from common import hub
-from common.atomic import atomic_folder, ensure_writable_dir
+from common.atomic import atomic_folder, check_output_folder
 from common.errors import UserError, exit_on_user_error
 from common.weights import assert_materialised, check_state_dict, load_checkpoint
 from lmk2video.models.denoising_unet import MOTION_KEY, DenoisingUNet, config_from_diffusers_unet
@@ -158,8 +158,8 @@ def _read_config(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
     path = Path(path).expanduser()
     try:
         config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read conversion config {path}: {err}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read conversion config {path}: {err}; give a JSON file") from None
     if not isinstance(config, dict) or set(config) - set(CONFIG_SECTIONS):
         raise UserError(f"{path}: expected a JSON object with optional sections {', '.join(CONFIG_SECTIONS)}")
     return config
@@ -265,13 +265,11 @@ def convert_aniportrait(
         raise UserError(
             f"{src} lacks {', '.join(missing)}; it must hold {', '.join(ANIPORTRAIT_FILES.values())}"
         )
-    if dst.exists() and not overwrite:
-        raise UserError(f"{dst} already exists; choose a new output folder or pass --overwrite")
+    check_output_folder(dst, overwrite, "--overwrite")
     if (vae is None) != (image_encoder is None):
         raise UserError(
             "--vae and --image-encoder go together (a complete model folder needs both); pass both or neither"
         )
-    ensure_writable_dir(dst)
     extra = _pipeline_parts(vae, image_encoder) if vae is not None else None
 
     unet_config = sd15_unet_config(**config.get("unet", {}))
@@ -447,10 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(
                 "--from-hub takes only DST (it downloads SRC, the VAE and the image encoder itself)"
             )
-        dst = Path(args.paths[0]).expanduser()
-        if dst.exists() and not args.overwrite:  # before gigabytes are downloaded
-            raise UserError(f"{dst} already exists; choose a new output folder or pass --overwrite")
-        ensure_writable_dir(dst)
+        dst = check_output_folder(args.paths[0], args.overwrite, "--overwrite")  # before gigabytes download
         sources = download_aniportrait(hub.parse_revisions(args.revision), args.cache_dir)
     elif args.revision or args.cache_dir:
         raise UserError("--revision and --cache-dir go with --from-hub; add it or drop them")

@@ -33,10 +33,11 @@ from typing import Any
 
 import torch
 
+from common import limits
 from common.atomic import check_output
 from common.errors import UserError
 from common.lmkfile import LandmarkSequence
-from lmk2video.rendering import SamplerOptions
+from lmk2video.rendering import DTYPES, SamplerOptions
 
 log = logging.getLogger("lmk2video.generate")
 
@@ -104,14 +105,19 @@ class GenerateSettings:
         if self.landmarks is None and self.audio is None:
             raise UserError(f"landmarks=FILE.npz is required (the landmark sequence to render), e.g. {USAGE}")
         self.sampler.check()
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise UserError(f"seed={self.seed!r} must be a whole number")
+        limits.seed(self.seed)
         if self.pose_cache not in ("auto", "device", "cpu"):
             raise UserError(f"pose_cache={self.pose_cache!r}; choose auto, device or cpu")
         for key in ("width", "height"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise UserError(f"{key}={value!r} must be a positive whole number of pixels")
+            if value is not None:
+                limits.number(value, f"{key}=", 8, limits.MAX_GENERATE_SIDE, integer=True, hint="pixels")
+                if value % 8:
+                    raise UserError(
+                        f"{key}={value} must be a multiple of 8 pixels, e.g. {value // 8 * 8 or 8}"
+                    )
+        if self.dtype not in ("auto", *DTYPES):
+            raise UserError(f"dtype={self.dtype!r}; choose auto, {', '.join(DTYPES)}")
         return self
 
 
@@ -168,10 +174,11 @@ def audio2lmk_landmarks(settings: GenerateSettings) -> AudioToLandmarks:
 def generate(settings: GenerateSettings, audio_to_landmarks: AudioToLandmarks | None = None) -> Path:
     """Render ``settings.out`` (see the module docstring); returns its path."""
     from common.detect import extract_image, read_image
+    from common.devices import resolve_device
     from common.video import VideoWriter
     from lmk2video.framing import prepare_sequence
     from lmk2video.pipeline import load_pipeline
-    from lmk2video.rendering import pose_cache_device, render, resolve_device, resolve_dtype
+    from lmk2video.rendering import pose_cache_device, render, resolve_dtype
 
     settings.check()
     out = Path(settings.out)

@@ -357,7 +357,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             raise UserError(f"{root} is not an lmk2video model folder (no {MODEL_INDEX}); {REBUILD_HINT}")
         try:
             index = json.loads(index_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, ValueError) as err:
             raise UserError(f"cannot read {index_path}: {err}; {REBUILD_HINT}") from None
         if not isinstance(index, dict) or index.get("_class_name") != cls.__name__:
             found = index.get("_class_name") if isinstance(index, dict) else None

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
+from common.limits import MAX_STEPS
 from common.lmkfile import LandmarkSequence
 from lmk2video.context import check_context, fit_context, window_weights
 
@@ -60,9 +61,15 @@ class SamplerOptions:
     def check(self) -> SamplerOptions:
         """Raise :class:`UserError` for a value that cannot be sampled with; returns ``self``."""
         _whole(self.steps, "steps", 1)
+        if self.steps > MAX_STEPS:
+            raise UserError(
+                f"steps={self.steps} must be at most {MAX_STEPS} (the schedules have 1000 timesteps)"
+            )
         _whole(self.decode_chunk, "decode_chunk", 1)
-        if not isinstance(self.cfg, int | float) or isinstance(self.cfg, bool) or not 0 <= self.cfg < 1e4:
-            raise UserError(f"cfg={self.cfg!r} must be a number >= 0 (3.5 is usual; <= 1 turns guidance off)")
+        if not isinstance(self.cfg, int | float) or isinstance(self.cfg, bool) or not 0 <= self.cfg <= 100:
+            raise UserError(
+                f"cfg={self.cfg!r} must be a number from 0 to 100 (3.5 is usual; <= 1 turns guidance off)"
+            )
         for name in ("context_frames", "context_overlap", "context_stride"):
             _whole(getattr(self, name), name, 0)
         check_context(self.context_frames, self.context_overlap, self.context_stride)
@@ -165,27 +172,6 @@ def render(
 
 
 # ------------------------------------------------------------------------------------------- devices
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (cuda when available, else cpu) or a torch device name that exists on this machine."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UserError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device={name} but no CUDA GPU is available; use device=cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(
-                f"device={name} but this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 .. "
-                f"cuda:{torch.cuda.device_count() - 1}"
-            )
-    elif device.type != "cpu":
-        raise UserError(f"device={name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -272,7 +272,7 @@ def _mismatched_model(work: Path) -> str:
         ({"model": "mismatched"}, "pose_guider"),
         ({"context_frames": 20}, "max_position=16"),
         ({"context_overlap": 8}, "context_overlap=8"),
-        ({"width": 60}, "multiples of 8"),
+        ({"width": 60}, "multiple of 8"),
         ({"steps": 0}, "steps=0"),
         ({"out": "refused/video.avi"}, "write videos as .mp4"),
         ({"model": None}, "model=... is required"),

@@ -70,7 +70,7 @@ def write_npz(path, **arrays):
         (lambda a: a.pop("mesh"), "missing required key"),
         (lambda a: a.update(mesh=a["mesh"][:, :100]), "'mesh' has shape"),
         (lambda a: a.update(pose=a["pose"][:-1]), "'pose' has shape"),
-        (lambda a: a.update(fps=np.array(0.0)), "'fps' is 0.0"),
+        (lambda a: a.update(fps=np.array(0.0)), "'fps' is 0, outside"),
         (lambda a: a.update(fps=np.array([30.0, 25.0])), "'fps' must be a number"),
         (lambda a: a.update(version=np.array(99)), "'version' is 99"),
         (lambda a: a.update(image_size=np.array([0, 10])), "'image_size'"),
@@ -78,7 +78,7 @@ def write_npz(path, **arrays):
         (lambda a: a["pose"].__setitem__((0, 3), np.inf), "'pose' contains NaN or inf"),
         (lambda a: a.update(landmarks2d=np.zeros((5, 468, 2), np.float32)), "'landmarks2d' has shape"),
         (lambda a: a.update(mesh=a["mesh"].astype(np.int32)), "'mesh' has dtype int32"),
-        (lambda a: a.update(meta=np.array("{not json")), "'meta' is not JSON"),
+        (lambda a: a.update(meta=np.array("{not json")), "'meta' must be JSON text"),
     ],
 )
 def test_validation_errors_name_key(tmp_path, change, message):
