@@ -27,10 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from audio2lmk.baselines import LoudnessBaseline, still_offsets
 from audio2lmk.data import ClipStore
-from audio2lmk.inference import LoadedAudio2Lmk, audio_to_landmarks, load_audio2lmk
+from audio2lmk.inference import LoadedAudio2Lmk, audio_to_landmarks, check_model_folder, load_audio2lmk
 from audio2lmk.metrics import Audio2LmkMetrics
+from common import limits
 from common.atomic import atomic_output, check_output
 from common.config import CONF_DIR
+from common.devices import resolve_device
 from common.errors import UserError, exit_on_user_error
 from common.geometry import absolute_to_relative
 from common.index import load_index, split_by_speaker
@@ -143,7 +145,11 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"out={cfg.out}: the report is JSON; choose a name ending in .json")
     if out is not None:
         check_output(out, cfg.overwrite)
-    loaded = load_audio2lmk(work_dir / Path(cfg.model).expanduser(), device=cfg.device)
+    limits.seed(cfg.seed)
+    device = resolve_device(str(cfg.device))
+    model_dir = work_dir / Path(cfg.model).expanduser()
+    check_model_folder(model_dir)
+    loaded = load_audio2lmk(model_dir, device=device)
     data = loaded.info.get("data", {})
     index = work_dir / Path(cfg.index).expanduser() if cfg.index else data.get("index")
     val_speakers = OmegaConf.to_container(cfg.val_speakers) if cfg.val_speakers else data.get("val_speakers")

@@ -41,13 +41,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], Path | None]:
     seed_everything(cfg.get("seed"))
     export_dir = _resolve_path(cfg.get("export_dir"), cfg)
     if export_dir is not None:  # fail before training, not after
-        from common.atomic import ensure_writable_dir
+        from common.atomic import check_output_folder
 
-        if export_dir.exists() and not cfg.get("overwrite"):
-            raise UserError(
-                f"export_dir={export_dir} already exists; choose a new folder or pass overwrite=true"
-            )
-        ensure_writable_dir(export_dir)
+        check_output_folder(export_dir, bool(cfg.get("overwrite")))
     ckpt = _resolve_path(cfg.get("ckpt_path"), cfg)
     if ckpt is not None and not ckpt.is_file():
         raise UserError(f"ckpt_path={ckpt}: no such checkpoint; give a .ckpt file of an earlier run")

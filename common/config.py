@@ -64,11 +64,13 @@ def store_open_dict(name: str, key: str) -> None:
 
 def seed_everything(seed: int | None) -> int | None:
     """Seed Python, NumPy and PyTorch (all devices). ``None`` leaves everything unseeded."""
+    from common.limits import seed as check_seed
+
+    seed = check_seed(seed)
     if seed is None:
         return None
     import torch
 
-    seed = int(seed)
     os.environ["PL_GLOBAL_SEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import limits
+from common.atomic import check_output_folder
 from common.errors import UserError, exit_on_user_error
 from talking_portrait import CHECKOUT
 
@@ -83,10 +85,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"--{option} {getattr(args, option)}: no such file (the demo's sample files are in "
                 f"examples/sample of the checkout); give your own with --{option} FILE"
             )
-    if args.seconds <= 0 or args.steps < 1:
-        raise UserError(f"--seconds {args.seconds} and --steps {args.steps} must be positive")
+    limits.number(args.seconds, "--seconds", 0, 60, low_open=True)
+    limits.number(args.steps, "--steps", 1, limits.MAX_STEPS, integer=True)
+    out = check_output_folder(args.out, overwrite=True, how="")  # the demo replaces its own outputs
     choose_models(args)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     full, clip, edited, retargeted = (

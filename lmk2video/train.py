@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from common.atomic import check_output_folder
 from common.config import CONF_DIR, seed_everything
 from common.errors import UserError, exit_on_user_error
 
@@ -73,8 +74,8 @@ def run(cfg: DictConfig) -> float | None:
 
     work_dir = Path(cfg.paths.work_dir)
     export_dir = _resolve(work_dir, cfg.export_dir)
-    if export_dir is not None and export_dir.exists() and not cfg.overwrite:
-        raise UserError(f"export_dir={export_dir} already exists; choose a new folder or pass overwrite=true")
+    if export_dir is not None:  # fail before training, not after
+        check_output_folder(export_dir, bool(cfg.overwrite))
     if cfg.ckpt_path is not None and not _resolve(work_dir, cfg.ckpt_path).is_file():
         raise UserError(
             f"ckpt_path={_resolve(work_dir, cfg.ckpt_path)} does not exist; pass a Lightning .ckpt"

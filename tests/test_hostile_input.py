@@ -43,6 +43,8 @@ class Case:
 
 
 HYDRA = {
+    "audio2lmk.train",
+    "lmk2video.train",
     "common.preprocess",
     "audio2lmk.infer",
     "audio2lmk.evaluate",
@@ -198,6 +200,17 @@ CASES = [
     C("gen-model-nan", "lmk2video.generate", GEN.replace("model=l2v", "model=l2v_nan"), "l2v_nan", loads=True),
     C("gen-model-truncated", "lmk2video.generate", GEN.replace("model=l2v", "model=l2v_truncated"), "l2v_truncated", loads=True),
     C("gen-model-index", "lmk2video.generate", GEN.replace("model=l2v", "model=l2v_badjson"), "l2v_badjson", loads=True),
+    # ---------------------------------------------------------------- training, evaluation, demo
+    C("a2l-train-seed", "audio2lmk.train", "experiment=mel_small seed=1.5", "seed"),
+    C("a2l-train-export", "audio2lmk.train", f"experiment=mel_small export_dir={UNWRITABLE}", "/proc"),
+    C("a2l-train-export-exists", "audio2lmk.train", "experiment=mel_small export_dir=a2l", "already exists"),
+    C("l2v-train-seed", "lmk2video.train", "experiment=tiny_stage1 seed=abc", "seed"),
+    C("l2v-train-export", "lmk2video.train", f"experiment=tiny_stage1 export_dir={UNWRITABLE}", "/proc"),
+    C("a2l-evaluate-model", "audio2lmk.evaluate", "model=nothing out=out/eval.json", "nothing"),
+    C("demo-steps", "lmk2video.demo", "--steps 0 --out out/demo", "--steps"),
+    C("demo-seconds", "lmk2video.demo", "--seconds 1e9 --out out/demo", "--seconds"),
+    C("demo-speech", "lmk2video.demo", "--speech none.wav --out out/demo", "none.wav"),
+    C("demo-out", "lmk2video.demo", f"--out {UNWRITABLE}", "/proc"),
     # ---------------------------------------------------------------- evaluation commands
     C("evaluate-no-real", "common.evaluate", "real=nothing systems.ours=out out=out/report", "nothing"),
     C("benchmark-frames-0", "lmk2video.benchmark", "model=l2v frames=0 out=out/bench", "frames"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,16 +114,17 @@ def test_save_is_atomic_and_validates(tmp_path):
 
 
 def test_unwritable_output(tmp_path):
+    """A folder nobody may write to: a read-only one for a normal user, /proc (even for root)."""
+    import os
+
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        import os
-
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as a user that can write anywhere")
-        with pytest.raises(UserError, match="not writable"):
-            make_seq().save(ro / "out.npz")
+        target = ro if not os.access(ro, os.W_OK) else Path("/proc")
+        with pytest.raises(UserError, match=r"cannot write .*(permission denied|No such file|choose)"):
+            make_seq().save(target / "out.npz")
+        assert sorted(p.name for p in ro.iterdir()) == []
     finally:
         ro.chmod(0o700)
 
