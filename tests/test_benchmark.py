@@ -117,7 +117,7 @@ def test_landmarks_only_scores_audio2lmk_against_the_real_landmarks(work) -> Non
         (["mode=audio", "model=l2v"], "mode=audio needs audio2lmk_model=DIR"),
         (["model=l2v", "frames=500"], "the test set is empty"),
         (["model=l2v", "test_speakers=[nobody]"], r"no clip of \['nobody'\]"),
-        (["model=l2v", "frames=0"], "frames=0 must be a whole number >= 1"),
+        (["model=l2v", "frames=0"], "frames=0 must be a whole number from 1"),
     ],
 )
 def test_refusals_exit_2_before_any_work(work, args, message, monkeypatch, capsys) -> None:
