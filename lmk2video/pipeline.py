@@ -321,6 +321,18 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         except UserError as err:
             raise UserError(f"{source}: framing: {err}; {REBUILD_HINT}") from None
 
+    def use_scheduler(self, name: str | None) -> None:
+        """Sample with :mod:`lmk2video.schedulers`' ``name`` (configured like the model's own scheduler), or
+        with the model's own again (``None``)."""
+        from lmk2video.schedulers import make_scheduler
+
+        own = self.__dict__.setdefault("_own_scheduler", self.scheduler)
+        if name is None:
+            self.scheduler = own
+            return
+        distilled = bool(self.config.get("distilled", False)) if hasattr(self.config, "get") else False
+        self.scheduler = make_scheduler(name, own.config, distilled=distilled, source=str(self.name_or_path))
+
     def set_framing(self, options: dict[str, float] | None, source: str) -> None:
         """Record the framing options the model is (being) trained with; ``source`` names them in errors."""
         from lmk2video.framing import check_framing_options

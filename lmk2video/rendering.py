@@ -47,6 +47,7 @@ class SamplerOptions:
             (:mod:`lmk2video.context`).
         decode_chunk: frames per VAE decode call.
         pad_mode: padding where the reference crop leaves the image (replicate | reflect | constant).
+        scheduler: the sampler (:data:`lmk2video.schedulers.SCHEDULERS`); None: the model's own.
     """
 
     steps: int = 25
@@ -57,9 +58,13 @@ class SamplerOptions:
     context_weighting: str = "uniform"
     decode_chunk: int = 4
     pad_mode: str = "replicate"
+    scheduler: str | None = None
 
     def check(self) -> SamplerOptions:
         """Raise :class:`UserError` for a value that cannot be sampled with; returns ``self``."""
+        from lmk2video.schedulers import check_scheduler
+
+        check_scheduler(self.scheduler)
         _whole(self.steps, "steps", 1)
         if self.steps > MAX_STEPS:
             raise UserError(
@@ -152,6 +157,7 @@ def render(
     framed, framing = frame_reference(image, face, size, pad_mode=options.pad_mode, **pipe.framing_options)
     points, reference_points = frame_landmarks(sequence, reference, framing)
     style = pipe.config.landmark_style
+    pipe.use_scheduler(options.scheduler)
     drawings = LandmarkDrawings(points, size, style)
     reference_drawing = LandmarkDrawings(reference_points[None], size, style)[0:1][0]
     frames = pipe.stream(

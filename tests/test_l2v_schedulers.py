@@ -1,0 +1,80 @@
+"""generate's samplers (lmk2video.schedulers): configured like the model's own, each reaching the data an exact
+denoiser describes, and usable through the pipeline with the same seeds."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from common.errors import UserError
+from lmk2video.convert import ANIPORTRAIT_SCHEDULER
+from lmk2video.schedulers import SCHEDULERS, check_scheduler, make_scheduler
+from tests.l2v_models import single_thread, tiny_pipeline
+from tests.test_l2v_pipeline import inputs
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_each_sampler_keeps_the_model_s_prediction_type_and_zero_snr(name: str) -> None:
+    scheduler = make_scheduler(name, ANIPORTRAIT_SCHEDULER, distilled=True)
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert scheduler.config.rescale_betas_zero_snr is True
+    assert scheduler.config.timestep_spacing == "trailing"
+    scheduler.set_timesteps(8)
+    assert len(scheduler.timesteps) == 8 and int(scheduler.timesteps[0]) == 999
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("steps", [4, 25])
+def test_an_exact_denoiser_leads_every_sampler_to_its_data(name: str, steps: int) -> None:
+    """When the model predicts v exactly for one clean sample x0, sampling from pure noise must end at x0:
+    a sampler misconfigured for v-prediction or zero terminal SNR does not."""
+    scheduler = make_scheduler(name, ANIPORTRAIT_SCHEDULER, distilled=True)
+    alphas = scheduler.alphas_cumprod.double()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 4, 2, 8, 8, generator=g, dtype=torch.float64).clamp(-2, 2)
+    params = inspect.signature(scheduler.step).parameters  # as the pipeline calls it: eta 0, a generator
+    step_kwargs = {
+        k: v for k, v in (("eta", 0.0), ("generator", torch.Generator().manual_seed(1))) if k in params
+    }
+    scheduler.set_timesteps(steps)
+    x = torch.randn(x0.shape, generator=g, dtype=torch.float64) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        x_t = scheduler.scale_model_input(x, t)  # the variance-preserving sample the UNet sees
+        a = alphas[int(t)]
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        v = a.sqrt() * eps - (1 - a).sqrt() * x0
+        x = scheduler.step(v, t, x, **step_kwargs).prev_sample
+    # TCD stops at timestep 0, not at clean data: what is left is that timestep's noise level.
+    atol = 4 * float((1 - alphas[0]).sqrt()) if name == "tcd" else 2e-3
+    torch.testing.assert_close(x, x0, atol=atol, rtol=0)
+
+
+def test_the_pipeline_samples_with_any_of_them_and_returns_to_its_own() -> None:
+    with single_thread():
+        pipe = tiny_pipeline(motion=False)
+        own = pipe.scheduler
+        image, drawings, reference = inputs(frames=2)
+
+        def run(name: str | None, seed: int = 0) -> np.ndarray:
+            pipe.use_scheduler(name)
+            generator = torch.Generator().manual_seed(seed)
+            return pipe(image, drawings, reference, num_inference_steps=3, generator=generator).frames
+
+        videos = {name: run(name) for name in SCHEDULERS}
+        for name, video in videos.items():
+            assert video.shape == (2, 64, 64, 3), name
+            assert np.array_equal(video, run(name)), f"{name} is not repeatable with its seed"
+        assert not np.array_equal(videos["ddim"], videos["dpmpp_2m"])
+        pipe.use_scheduler(None)
+        assert pipe.scheduler is own
+
+
+def test_unknown_names_and_consistency_samplers_on_undistilled_models(caplog) -> None:
+    with pytest.raises(UserError, match="scheduler='ddpm'; choose one of ddim, dpmpp_2m"):
+        check_scheduler("ddpm")
+    check_scheduler(None)
+    make_scheduler("lcm", ANIPORTRAIT_SCHEDULER, source="models/x")
+    assert "scheduler=lcm on models/x, a model not distilled for it" in caplog.text
