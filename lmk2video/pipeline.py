@@ -467,10 +467,14 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         context_stride: int = 1,
         context_weighting: str = "uniform",
         eta: float = 0.0,
+        cfg_interval: tuple[float, float] = (0.0, 1.0),
     ) -> torch.Tensor:
         """Run the sampler over context windows; returns the final latents (1, C, F, h, w) float32.
 
         ``latents``: initial noise (1, C, F, h, w) (default: :meth:`prepare_noise` from ``generator``).
+        ``cfg_interval``: ``[a, b]``, the part of the schedule that is guided, as fractions of it (step ``i`` of
+        ``N`` sits at ``i / (N - 1)``, 0 = the first, noisiest step); other steps run the conditional branch
+        only, at half the cost.
         """
         device = self._execution_device
         unet = self.denoising_unet
@@ -493,22 +497,24 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             ]
             for win in windows
         ]
-        do_cfg = guidance_scale > 1.0
-        batch = 2 if do_cfg else 1
-        embeds = reference.image_embeds.to(unet.dtype)
-        mask = None
-        if do_cfg:
-            embeds = torch.cat([torch.zeros_like(embeds), embeds])
-            mask = torch.tensor([False, True], device=device)
+        cond_embeds = reference.image_embeds.to(unet.dtype)
+        guided_embeds = torch.cat([torch.zeros_like(cond_embeds), cond_embeds])
+        guided_mask = torch.tensor([False, True], device=device)
+        low, high = (float(v) for v in cfg_interval)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        steps = len(self.scheduler.timesteps)
         latents = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
         total_weight = torch.zeros((1, 1, num_frames, 1, 1), device=device, dtype=torch.float32)
         for idx, weight in zip(window_tensors, weights):
             total_weight.index_add_(2, idx, weight)
 
         with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
-            for t in self.scheduler.timesteps:
+            for i, t in enumerate(self.scheduler.timesteps):
+                position = i / (steps - 1) if steps > 1 else 0.0
+                do_cfg = guidance_scale > 1.0 and low <= position <= high
+                batch = 2 if do_cfg else 1
+                embeds, mask = (guided_embeds, guided_mask) if do_cfg else (cond_embeds, None)
                 prediction = torch.zeros((batch, *latents.shape[1:]), device=device, dtype=torch.float32)
                 for idx, weight in zip(window_tensors, weights):
                     x = latents.index_select(2, idx).expand(batch, -1, -1, -1, -1)
@@ -598,6 +604,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         pose_chunk: int = 16,
         pose_cache_device: torch.device | str | None = None,
         eta: float = 0.0,
+        cfg_interval: tuple[float, float] = (0.0, 1.0),
     ) -> Iterator[np.ndarray]:
         """Generate a video and yield it in chunks of RGB uint8 frames (n, H, W, 3), one frame per drawing.
 
@@ -613,6 +620,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             pose_chunk: frames per pose-guider call.
             pose_cache_device: where the pose features of the whole video are kept (default: the execution device).
             eta: DDIM eta (0: deterministic sampling).
+            cfg_interval: the guided part of the schedule (see :meth:`denoise`).
         """
         self.check_inputs(reference_image, landmark_images, reference_landmark_image)
         reference = self.encode_reference(reference_image)
@@ -630,6 +638,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             context_stride=context_stride,
             context_weighting=context_weighting,
             eta=eta,
+            cfg_interval=cfg_interval,
         )
         del pose, reference
         yield from self.decode(latents, decode_chunk)

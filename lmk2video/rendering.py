@@ -48,6 +48,7 @@ class SamplerOptions:
         decode_chunk: frames per VAE decode call.
         pad_mode: padding where the reference crop leaves the image (replicate | reflect | constant).
         scheduler: the sampler (:data:`lmk2video.schedulers.SCHEDULERS`); None: the model's own.
+        cfg_interval: ``[a, b]``: guidance only on that part of the schedule (fractions; 0 = first step).
     """
 
     steps: int = 25
@@ -59,12 +60,24 @@ class SamplerOptions:
     decode_chunk: int = 4
     pad_mode: str = "replicate"
     scheduler: str | None = None
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
 
     def check(self) -> SamplerOptions:
         """Raise :class:`UserError` for a value that cannot be sampled with; returns ``self``."""
         from lmk2video.schedulers import check_scheduler
 
         check_scheduler(self.scheduler)
+        interval = self.cfg_interval
+        if (
+            not isinstance(interval, list | tuple)
+            or len(interval) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in interval)
+            or not 0 <= interval[0] <= interval[1] <= 1
+        ):
+            raise UserError(
+                f"cfg_interval={interval!r} must be [a, b] with 0 <= a <= b <= 1 (fractions of the schedule, "
+                "0 = the first step), e.g. cfg_interval=[0,0.5]"
+            )
         _whole(self.steps, "steps", 1)
         if self.steps > MAX_STEPS:
             raise UserError(
@@ -173,6 +186,7 @@ def render(
         context_weighting=options.context_weighting,
         decode_chunk=options.decode_chunk,
         pose_cache_device=pose_cache_device,
+        cfg_interval=tuple(options.cfg_interval),
     )
     return Rendering(framed=framed, framing=framing, drawings=drawings, frames=frames)
 

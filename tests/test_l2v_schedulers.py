@@ -78,3 +78,37 @@ def test_unknown_names_and_consistency_samplers_on_undistilled_models(caplog) ->
     check_scheduler(None)
     make_scheduler("lcm", ANIPORTRAIT_SCHEDULER, source="models/x")
     assert "scheduler=lcm on models/x, a model not distilled for it" in caplog.text
+
+
+def test_guidance_on_part_of_the_schedule_halves_the_unet_work_elsewhere() -> None:
+    """cfg_interval=[a, b]: the UNet runs on 2 samples inside it, on 1 outside; [0, 1] is plain guidance."""
+    with single_thread():
+        pipe = tiny_pipeline(motion=False)
+        image, drawings, reference = inputs(frames=2)
+        batches: list[int] = []
+        forward = pipe.denoising_unet.forward
+
+        def counting(sample, *args, **kwargs):
+            batches.append(sample.shape[0])
+            return forward(sample, *args, **kwargs)
+
+        pipe.denoising_unet.forward = counting
+
+        def run(**kwargs) -> np.ndarray:
+            batches.clear()
+            generator = torch.Generator().manual_seed(0)
+            return pipe(
+                image, drawings, reference, num_inference_steps=5, generator=generator, **kwargs
+            ).frames
+
+        full = run(guidance_scale=3.5)
+        assert batches == [2] * 5
+        assert np.array_equal(run(guidance_scale=3.5, cfg_interval=(0.0, 1.0)), full)
+        part = run(guidance_scale=3.5, cfg_interval=(0.0, 0.5))
+        assert batches == [2, 2, 2, 1, 1]  # steps at 0, 0.25, 0.5 are guided
+        assert not np.array_equal(part, full)
+        none = run(guidance_scale=1.0)
+        assert batches == [1] * 5
+        last = run(guidance_scale=3.5, cfg_interval=(1.0, 1.0))
+        assert batches == [1, 1, 1, 1, 2]  # only the last step
+        assert not np.array_equal(last, none) and not np.array_equal(last, full)
