@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from common.errors import UserError
+from lmk2video.context import context_windows
 from lmk2video.convert import ANIPORTRAIT_SCHEDULER
 from lmk2video.schedulers import SCHEDULERS, check_scheduler, make_scheduler
 from tests.l2v_models import single_thread, tiny_pipeline
@@ -112,3 +113,33 @@ def test_guidance_on_part_of_the_schedule_halves_the_unet_work_elsewhere() -> No
         last = run(guidance_scale=3.5, cfg_interval=(1.0, 1.0))
         assert batches == [1, 1, 1, 1, 2]  # only the last step
         assert not np.array_equal(last, none) and not np.array_equal(last, full)
+
+
+def test_reference_and_pose_features_are_computed_once_per_video() -> None:
+    """Over all steps and context windows, the reference UNet and the image encoder run once per video and the
+    pose guider once per chunk of frames; only the denoising UNet runs per step and window."""
+    with single_thread():
+        pipe = tiny_pipeline(motion=True)
+        image, drawings, reference = inputs(frames=10)
+        calls = {"reference_unet": 0, "image_encoder": 0, "pose_guider": 0, "denoising_unet": 0}
+
+        def counted(module, name):
+            forward = module.forward
+
+            def wrapper(*args, **kwargs):
+                calls[name] += 1
+                return forward(*args, **kwargs)
+
+            module.forward = wrapper
+
+        for name in calls:
+            counted(getattr(pipe, name), name)
+        steps, frames, overlap = 4, 6, 2
+        generator = torch.Generator().manual_seed(0)
+        pipe(image, drawings, reference, num_inference_steps=steps, generator=generator, context_frames=frames,
+             context_overlap=overlap, pose_chunk=4)  # fmt: skip
+        windows = len(context_windows(10, frames, overlap, 1))
+        assert windows >= 2
+        assert calls["reference_unet"] == 1 and calls["image_encoder"] == 1
+        assert calls["pose_guider"] == 3  # ceil(10 / 4) chunks
+        assert calls["denoising_unet"] == steps * windows
