@@ -68,7 +68,7 @@ from common.draw import get_style
 from common.errors import UserError
 from common.weights import format_keys
 from lmk2video.context import context_windows, fit_context, window_weights
-from lmk2video.models.denoising_unet import DenoisingUNet
+from lmk2video.models.denoising_unet import DeepCache, DenoisingUNet
 from lmk2video.models.pose_guider import PoseGuider
 from lmk2video.models.reference_attention import ReferenceBank
 from lmk2video.models.reference_unet import ReferenceUNet
@@ -468,13 +468,15 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         context_weighting: str = "uniform",
         eta: float = 0.0,
         cfg_interval: tuple[float, float] = (0.0, 1.0),
+        cache_interval: int = 1,
     ) -> torch.Tensor:
         """Run the sampler over context windows; returns the final latents (1, C, F, h, w) float32.
 
         ``latents``: initial noise (1, C, F, h, w) (default: :meth:`prepare_noise` from ``generator``).
         ``cfg_interval``: ``[a, b]``, the part of the schedule that is guided, as fractions of it (step ``i`` of
         ``N`` sits at ``i / (N - 1)``, 0 = the first, noisiest step); other steps run the conditional branch
-        only, at half the cost.
+        only, at half the cost. ``cache_interval``: N > 1 runs the whole denoising UNet on every N-th step only;
+        the steps between reuse its deep features and recompute the shallow blocks (DeepCache).
         """
         device = self._execution_device
         unet = self.denoising_unet
@@ -504,6 +506,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         steps = len(self.scheduler.timesteps)
+        caches = [DeepCache() for _ in windows] if cache_interval > 1 else [None] * len(windows)
         latents = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
         total_weight = torch.zeros((1, 1, num_frames, 1, 1), device=device, dtype=torch.float32)
         for idx, weight in zip(window_tensors, weights):
@@ -516,7 +519,10 @@ class LandmarkVideoPipeline(DiffusionPipeline):
                 batch = 2 if do_cfg else 1
                 embeds, mask = (guided_embeds, guided_mask) if do_cfg else (cond_embeds, None)
                 prediction = torch.zeros((batch, *latents.shape[1:]), device=device, dtype=torch.float32)
-                for idx, weight in zip(window_tensors, weights):
+                for cache in caches:
+                    if cache is not None:
+                        cache.reuse = i % cache_interval != 0
+                for idx, weight, cache in zip(window_tensors, weights, caches):
                     x = latents.index_select(2, idx).expand(batch, -1, -1, -1, -1)
                     x = self.scheduler.scale_model_input(x, t).to(unet.dtype)
                     down, mid = pose.window(idx, batch, device, unet.dtype)
@@ -528,6 +534,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
                         down_block_res_samples=down,
                         mid_block_res_sample=mid,
                         reference_mask=mask,
+                        deep_cache=cache,
                     ).sample
                     prediction.index_add_(2, idx, out.float() * weight)
                 prediction = prediction / total_weight
@@ -605,6 +612,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         pose_cache_device: torch.device | str | None = None,
         eta: float = 0.0,
         cfg_interval: tuple[float, float] = (0.0, 1.0),
+        cache_interval: int = 1,
     ) -> Iterator[np.ndarray]:
         """Generate a video and yield it in chunks of RGB uint8 frames (n, H, W, 3), one frame per drawing.
 
@@ -621,6 +629,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             pose_cache_device: where the pose features of the whole video are kept (default: the execution device).
             eta: DDIM eta (0: deterministic sampling).
             cfg_interval: the guided part of the schedule (see :meth:`denoise`).
+            cache_interval: run the deep UNet blocks every N-th step only (see :meth:`denoise`).
         """
         self.check_inputs(reference_image, landmark_images, reference_landmark_image)
         reference = self.encode_reference(reference_image)
@@ -639,6 +648,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             context_weighting=context_weighting,
             eta=eta,
             cfg_interval=cfg_interval,
+            cache_interval=cache_interval,
         )
         del pose, reference
         yield from self.decode(latents, decode_chunk)

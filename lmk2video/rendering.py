@@ -49,6 +49,7 @@ class SamplerOptions:
         pad_mode: padding where the reference crop leaves the image (replicate | reflect | constant).
         scheduler: the sampler (:data:`lmk2video.schedulers.SCHEDULERS`); None: the model's own.
         cfg_interval: ``[a, b]``: guidance only on that part of the schedule (fractions; 0 = first step).
+        cache_interval: the deep UNet blocks run every N-th step only (DeepCache; 1 = every step).
     """
 
     steps: int = 25
@@ -61,6 +62,7 @@ class SamplerOptions:
     pad_mode: str = "replicate"
     scheduler: str | None = None
     cfg_interval: tuple[float, float] = (0.0, 1.0)
+    cache_interval: int = 1
 
     def check(self) -> SamplerOptions:
         """Raise :class:`UserError` for a value that cannot be sampled with; returns ``self``."""
@@ -84,6 +86,7 @@ class SamplerOptions:
                 f"steps={self.steps} must be at most {MAX_STEPS} (the schedules have 1000 timesteps)"
             )
         _whole(self.decode_chunk, "decode_chunk", 1)
+        _whole(self.cache_interval, "cache_interval", 1)
         if not isinstance(self.cfg, int | float) or isinstance(self.cfg, bool) or not 0 <= self.cfg <= 100:
             raise UserError(
                 f"cfg={self.cfg!r} must be a number from 0 to 100 (3.5 is usual; <= 1 turns guidance off)"
@@ -187,6 +190,7 @@ def render(
         decode_chunk=options.decode_chunk,
         pose_cache_device=pose_cache_device,
         cfg_interval=tuple(options.cfg_interval),
+        cache_interval=options.cache_interval,
     )
     return Rendering(framed=framed, framing=framing, drawings=drawings, frames=frames)
 

@@ -198,6 +198,7 @@ CASES = [
       "already exists"),
     C("gen-pose-cache", "lmk2video.generate", GEN + " pose_cache=gpu", "pose_cache"),
     C("gen-scheduler", "lmk2video.generate", GEN + " scheduler=ddpm", "scheduler"),
+    C("gen-cache-interval", "lmk2video.generate", GEN + " cache_interval=0", "cache_interval"),
     C("gen-cfg-interval", "lmk2video.generate", GEN + " cfg_interval=[0.8,0.2]", "cfg_interval"),
     C("gen-model-nan", "lmk2video.generate", GEN.replace("model=l2v", "model=l2v_nan"), "l2v_nan", loads=True),
     C("gen-model-truncated", "lmk2video.generate", GEN.replace("model=l2v", "model=l2v_truncated"), "l2v_truncated", loads=True),

@@ -143,3 +143,44 @@ def test_reference_and_pose_features_are_computed_once_per_video() -> None:
         assert calls["reference_unet"] == 1 and calls["image_encoder"] == 1
         assert calls["pose_guider"] == 3  # ceil(10 / 4) chunks
         assert calls["denoising_unet"] == steps * windows
+
+
+def test_deep_cache_reuses_the_deep_features_and_recomputes_the_shallow_blocks() -> None:
+    """A reuse pass on the inputs it stored from gives the full pass's output exactly (only the deep
+    blocks are skipped); cache_interval=N runs the mid block on every N-th step of every window only."""
+    from lmk2video.models.denoising_unet import DeepCache
+
+    with single_thread():
+        pipe = tiny_pipeline(motion=True)
+        unet = pipe.denoising_unet
+        g = torch.Generator().manual_seed(0)
+        sample = torch.randn(2, 4, 3, 8, 8, generator=g)
+        context = torch.randn(2, 1, unet.config.cross_attention_dim, generator=g)
+        cache = DeepCache()
+        with torch.no_grad():
+            full = unet(sample, 500, context, deep_cache=cache).sample
+            assert cache.features is not None
+            cache.reuse = True
+            again = unet(sample, 500, context, deep_cache=cache).sample
+            other = unet(sample * 0.5, 400, context, deep_cache=cache).sample
+            fresh = unet(sample * 0.5, 400, context).sample
+        torch.testing.assert_close(again, full, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(other, fresh)  # the deep features were reused, not recomputed
+
+        mids = []
+        forward = unet.mid_block.forward
+        unet.mid_block.forward = lambda *a, **k: (mids.append(1), forward(*a, **k))[1]
+        image, drawings, reference = inputs(frames=6)
+
+        def run(interval: int) -> np.ndarray:
+            mids.clear()
+            generator = torch.Generator().manual_seed(0)
+            return pipe(image, drawings, reference, num_inference_steps=6, generator=generator, context_frames=4,
+                        context_overlap=2, cache_interval=interval).frames  # fmt: skip
+
+        windows = len(context_windows(6, 4, 2, 1))
+        plain = run(1)
+        assert len(mids) == 6 * windows
+        cached = run(3)
+        assert len(mids) == 2 * windows  # steps 0 and 3
+        assert cached.shape == plain.shape and not np.array_equal(cached, plain)

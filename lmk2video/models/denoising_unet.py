@@ -91,6 +91,16 @@ _IRRELEVANT_DIFFUSERS_SETTINGS = {"addition_embed_type_num_heads"}
 
 
 @dataclasses.dataclass
+class DeepCache:
+    """The input of the last up block, kept from a full UNet pass for the following ``reuse`` passes
+    (DeepCache, Ma et al. 2024: deep features change slowly from one denoising step to the next). One per
+    context window; ``reuse`` is set by the sampler on the steps that skip the deep blocks."""
+
+    reuse: bool = False
+    features: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
 class DenoisingUNetOutput(BaseOutput):
     """``sample``: (B, C_out, F, H, W) prediction (noise, v or x0, whatever the scheduler was trained for)."""
 
@@ -263,6 +273,7 @@ class DenoisingUNet(StrictLoadMixin, ModelMixin, ConfigMixin):
         mid_block_res_sample: torch.Tensor | None = None,
         reference_mask: torch.Tensor | None = None,
         return_dict: bool = True,
+        deep_cache: DeepCache | None = None,
     ) -> DenoisingUNetOutput | tuple[torch.Tensor]:
         """Denoise a clip.
 
@@ -278,6 +289,9 @@ class DenoisingUNet(StrictLoadMixin, ModelMixin, ConfigMixin):
             reference_mask: (B,) bool; False switches reference attention off for that sample
                 (AniPortrait's unconditional branch under classifier-free guidance).
             return_dict: return :class:`DenoisingUNetOutput` (True) or a 1-tuple.
+            deep_cache: DeepCache-style reuse (:class:`DeepCache`): with ``reuse`` set and features stored, only
+                ``conv_in``, the first down block and the last up block run, on the stored input of that up block;
+                otherwise the whole UNet runs and that input is stored.
 
         Returns:
             (B, C_out, F, H, W) prediction.
@@ -306,7 +320,11 @@ class DenoisingUNet(StrictLoadMixin, ModelMixin, ConfigMixin):
         if injections[0] is not None:
             x = _add_checked(x, injections[0], "down_block_res_samples[0] (after conv_in)")
         skips: tuple[torch.Tensor, ...] = (x,)
-        for i, block in enumerate(self.down_blocks):
+        reuse = deep_cache is not None and deep_cache.reuse and deep_cache.features is not None
+        if reuse and (deep_cache.features.shape[0] != x.shape[0] or len(self.up_blocks) < 2):
+            reuse = False  # stored for another batch (guidance switched on or off): compute afresh
+        last = len(self.up_blocks) - 1
+        for i, block in enumerate(self.down_blocks[:1] if reuse else self.down_blocks):
             x, block_skips = block(x, emb, context, frames, cross_attention_kwargs)
             skips += block_skips
             if injections[i + 1] is not None:
@@ -314,15 +332,23 @@ class DenoisingUNet(StrictLoadMixin, ModelMixin, ConfigMixin):
                     x, injections[i + 1], f"down_block_res_samples[{i + 1}] (after down block {i})"
                 )
 
-        x = self.mid_block(x, emb, context, frames, cross_attention_kwargs)
-        if injections[-1] is not None:
-            x = _add_checked(x, injections[-1], "mid_block_res_sample")
+        if reuse:
+            x = deep_cache.features
+            skips = skips[: len(self.up_blocks[last].resnets)]  # the shallow skips the last up block takes
+        else:
+            x = self.mid_block(x, emb, context, frames, cross_attention_kwargs)
+            if injections[-1] is not None:
+                x = _add_checked(x, injections[-1], "mid_block_res_sample")
 
         upsample_size = None
         for i, block in enumerate(self.up_blocks):
+            if reuse and i < last:
+                continue
+            if i == last and deep_cache is not None and not reuse:
+                deep_cache.features = x
             count = len(block.resnets)
             block_skips, skips = skips[-count:], skips[:-count]
-            if i < len(self.up_blocks) - 1 and forward_upsample_size:
+            if i < last and forward_upsample_size:
                 upsample_size = skips[-1].shape[2:]
             x = block(x, block_skips, emb, context, frames, cross_attention_kwargs, upsample_size)
 
