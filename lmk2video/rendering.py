@@ -111,7 +111,11 @@ class SamplerOptions:
     def from_values(cls, values: dict[str, Any]) -> SamplerOptions:
         """The options among ``values`` (other keys are ignored; missing ones keep their defaults)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        chosen = {k: v for k, v in values.items() if k in names}
+        interval = chosen.get("cfg_interval")
+        if interval is not None and not isinstance(interval, str | bytes) and hasattr(interval, "__iter__"):
+            chosen["cfg_interval"] = tuple(interval)  # a Hydra ListConfig, a list, a tuple
+        return cls(**chosen)
 
 
 @dataclasses.dataclass

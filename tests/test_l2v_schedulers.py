@@ -184,3 +184,16 @@ def test_deep_cache_reuses_the_deep_features_and_recomputes_the_shallow_blocks()
         cached = run(3)
         assert len(mids) == 2 * windows  # steps 0 and 3
         assert cached.shape == plain.shape and not np.array_equal(cached, plain)
+
+
+def test_sampler_options_from_a_hydra_config() -> None:
+    """The benchmark hands its composed config over as is: a ListConfig interval must be accepted."""
+    from omegaconf import OmegaConf
+
+    from lmk2video.rendering import SamplerOptions
+
+    cfg = OmegaConf.create(
+        {"steps": 10, "scheduler": "unipc", "cfg_interval": [0.0, 0.5], "cache_interval": 2}
+    )
+    options = SamplerOptions.from_values(dict(cfg)).check()
+    assert options.cfg_interval == (0.0, 0.5) and options.scheduler == "unipc" and options.cache_interval == 2
