@@ -76,7 +76,7 @@ class LossSettings:
 
     noise_offset: float = 0.05
     snr_gamma: float | None = 5.0
-    snr_weighting: str = "aniportrait"
+    snr_weighting: str = "min_snr"
     uncond_ratio: float = 0.1
     beta_schedule: str | None = None
 
