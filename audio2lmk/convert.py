@@ -502,20 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m audio2lmk.convert", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="format", required=True)
     ani = sub.add_parser("aniportrait", help="AniPortrait's audio2mesh.pt / audio2pose.pt")
-    ani.add_argument(
-        "--from-hub",
-        action="store_true",
-        help=f"download both files from {ANIPORTRAIT_REPO} (and {WAV2VEC2_REPO}'s config) first",
-    )
-    ani.add_argument(
-        "--revision",
-        action="append",
-        default=[],
-        metavar="REPO=REV",
-        help="with --from-hub: download REPO at REV instead of the pinned revision (common.hub.REVISIONS)",
-    )
-    ani.add_argument(
-        "--cache-dir", default=None, help="with --from-hub: hub cache folder (default HF_HUB_CACHE)"
+    hub.add_hub_arguments(
+        ani,
+        f"download both files from {ANIPORTRAIT_REPO} (and {WAV2VEC2_REPO}'s config) first",
     )
     ani.add_argument("--audio2mesh", default=None, help="AniPortrait's audio2mesh.pt")
     ani.add_argument("--audio2pose", default=None, help="AniPortrait's audio2pose.pt")

@@ -139,6 +139,11 @@ def check_output(path: str | os.PathLike, overwrite: bool, how: str = "overwrite
         raise UserError(f"{target} is a folder; give a file name for the output")
     if target.exists() and not overwrite:
         raise UserError(f"{target} already exists; choose another output name or pass {how} to replace it")
+    return _check_parent(target)
+
+
+def _check_parent(target: Path) -> Path:
+    """The nearest existing folder above ``target`` must be a folder we can create files in."""
     folder = target.resolve().parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -157,15 +162,7 @@ def check_output_folder(path: str | os.PathLike, overwrite: bool, how: str = "ov
         raise UserError(f"{target} is a file; give a folder name for the output")
     if target.exists() and not overwrite:
         raise UserError(f"{target} already exists; choose another output folder or pass {how} to replace it")
-    folder = target.resolve().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UserError(
-            f"cannot write {target}: {folder} is a file, not a folder; choose another output path"
-        )
-    _probe(folder, target)
-    return target
+    return _check_parent(target)
 
 
 @contextlib.contextmanager

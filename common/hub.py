@@ -123,3 +123,19 @@ def download(
     raise UserError(
         f"the hub repository {where} has no {' or '.join(names)}; pass {override} with a revision that has it"
     )
+
+
+def add_hub_arguments(parser, what: str) -> None:
+    """A converter's ``--from-hub``, ``--revision REPO=REV`` and ``--cache-dir`` options (``what``: the help
+    text of ``--from-hub``)."""
+    parser.add_argument("--from-hub", action="store_true", help=what)
+    parser.add_argument(
+        "--revision",
+        action="append",
+        default=[],
+        metavar="REPO=REV",
+        help="with --from-hub: download REPO at REV instead of the pinned revision (common.hub.REVISIONS)",
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="with --from-hub: hub cache folder (default HF_HUB_CACHE)"
+    )

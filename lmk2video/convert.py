@@ -407,21 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="SRC: folder holding denoising_unet.pth, reference_unet.pth, pose_guider.pth, motion_module.pth "
         "(not with --from-hub); DST: output folder (denoising_unet/, reference_unet/, pose_guider/, report)",
     )
-    ani.add_argument(
-        "--from-hub",
-        action="store_true",
-        help=f"download AniPortrait ({ANIPORTRAIT_REPO}), its VAE and image encoder, and write a complete "
+    hub.add_hub_arguments(
+        ani,
+        f"download AniPortrait ({ANIPORTRAIT_REPO}), its VAE and image encoder, and write a complete "
         "model folder to DST",
-    )
-    ani.add_argument(
-        "--revision",
-        action="append",
-        default=[],
-        metavar="REPO=REV",
-        help="with --from-hub: download REPO at REV instead of the pinned revision (common.hub.REVISIONS)",
-    )
-    ani.add_argument(
-        "--cache-dir", default=None, help="with --from-hub: hub cache folder (default HF_HUB_CACHE)"
     )
     ani.add_argument(
         "--config", default=None, help="JSON with optional 'unet', 'motion_module', 'pose_guider' sections"
