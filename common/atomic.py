@@ -87,26 +87,39 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
+# The hidden entries of each output folder, listed once per process: a folder of a large corpus holds
+# many thousands of files, and listing it for every file written would make writing them quadratic.
+_HIDDEN_ENTRIES: dict[Path, list[str]] = {}
+
+
 def remove_stale_temporaries(parent: Path, name: str) -> list[Path]:
-    """Remove the temporaries of ``parent / name`` left by writers that no longer exist; returns them."""
+    """Remove the temporaries of ``parent / name`` left by writers that no longer exist; returns them.
+
+    The folder is listed on its first write in this process; temporaries left later by other processes
+    are removed by a later run."""
+    hidden = _HIDDEN_ENTRIES.get(parent)
+    if hidden is None:
+        try:
+            hidden = [entry.name for entry in os.scandir(parent) if entry.name.startswith(".")]
+        except OSError:
+            hidden = []
+        _HIDDEN_ENTRIES[parent] = hidden
     pattern = re.compile(rf"^\.{re.escape(name)}\.(?:old\.)?(\d+)\.")
     removed = []
-    try:
-        entries = list(parent.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        match = pattern.match(entry.name)
+    for entry_name in list(hidden):
+        match = pattern.match(entry_name)
         if match is None or int(match.group(1)) == os.getpid() or _process_exists(int(match.group(1))):
             continue
+        entry = parent / entry_name
         with contextlib.suppress(OSError):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             removed.append(entry)
+        hidden.remove(entry_name)
     return removed
 
 
-def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create ``path``'s parent folder if needed and check it is writable."""
+def _make_parent(path: str | os.PathLike) -> Path:
+    """Create ``path``'s parent folder if needed; returns it."""
     parent = Path(path).expanduser().resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +127,12 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
         raise UserError(
             f"cannot create output folder {parent}: {err.strerror}; choose another output path"
         ) from None
+    return parent
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create ``path``'s parent folder if needed and check it is writable."""
+    parent = _make_parent(path)
     _probe(parent, Path(path))
     return parent
 
@@ -173,7 +192,7 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     extension (``np.savez``, PyAV) behave as for the final name.
     """
     target = Path(path).expanduser()
-    parent = ensure_writable_dir(target)
+    parent = _make_parent(target)  # creating the temporary file below is the writability test
     remove_stale_temporaries(parent, target.name)
     try:
         fd, tmp_name = tempfile.mkstemp(
@@ -210,7 +229,7 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     folder is complete.
     """
     dst = Path(path).expanduser()
-    parent = ensure_writable_dir(dst)
+    parent = _make_parent(dst)  # creating the temporary folder below is the writability test
     if dst.exists() and not overwrite:
         raise UserError(f"{dst} already exists; choose another output folder or allow overwriting")
     remove_stale_temporaries(parent, dst.name)

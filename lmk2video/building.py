@@ -255,12 +255,9 @@ def load_or_build(
 
 def write_model_folder(pipe: Any, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """``pipe.save_pretrained`` into a temporary folder beside ``out``, renamed to ``out`` at the end."""
-    from common.atomic import ensure_writable_dir
-
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; choose a new output folder or pass overwrite=true")
-    ensure_writable_dir(out)
     with atomic_folder(out, overwrite) as tmp:
         pipe.save_pretrained(tmp)
     return out
