@@ -101,11 +101,14 @@ def detected_clip(face_model):
 
 @pytest.fixture(autouse=True)
 def _loggers_enabled():
-    """In-process Hydra runs may configure logging with ``disable_existing_loggers``; later tests read our
-    loggers through caplog, so switch them back on after every test."""
-    yield
+    """In-process Hydra runs may configure logging with ``disable_existing_loggers`` and another root level
+    (``hydra/job_logging=disabled``: ERROR); later tests read our loggers through caplog, so switch them back
+    on and restore the root level after every test."""
     import logging
 
+    root_level = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(root_level)
     for logger in logging.Logger.manager.loggerDict.values():
         if isinstance(logger, logging.Logger) and logger.disabled:
             logger.disabled = False
