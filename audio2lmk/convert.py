@@ -77,7 +77,7 @@ from audio2lmk.models.audio2pose import Audio2PoseModel, sinusoidal_positions
 from common import hub, limits
 from common.atomic import check_output_folder
 from common.errors import UserError, exit_on_user_error
-from common.weights import check_finite, strict_load, unreadable_reason
+from common.weights import check_finite, read_checkpoint_file, strict_load
 
 # AniPortrait's scripts/audio2vid.py: pose_seq[:, :3] *= 0.5, then smooth_pose_seq(pose_seq, 7).
 ANIPORTRAIT_POSE_POSTPROCESS = {"rotation_scale": 0.5, "smooth": 7}
@@ -126,17 +126,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check the path")
-    if path.stat().st_size == 0:
-        raise UserError(
-            f"checkpoint {path} is empty (0 bytes): the download or copy did not finish; fetch it again"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise UserError(
-            f"cannot read checkpoint {path}: {unreadable_reason(path, err)}; pass AniPortrait's audio2mesh.pt / "
-            "audio2pose.pt"
-        ) from None
+    state = read_checkpoint_file(path, hint="pass AniPortrait's audio2mesh.pt / audio2pose.pt")
     return _tensor_dict(state, str(path))
 
 
@@ -526,15 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    if args.from_hub:
+    download = hub.hub_options(args)
+    if download is not None:
         given = [flag for flag, value in (("--audio2mesh", args.audio2mesh), ("--audio2pose", args.audio2pose),
                  ("--wav2vec2", args.wav2vec2), ("--wav2vec2-config", args.wav2vec2_config)) if value]  # fmt: skip
         if given:
             raise UserError(f"--from-hub downloads the files itself; drop {', '.join(given)}")
         check_output_folder(args.out, args.overwrite, "--overwrite")  # before hundreds of megabytes download
-        sources = download_aniportrait(hub.parse_revisions(args.revision), args.cache_dir)
-    elif args.revision or args.cache_dir:
-        raise UserError("--revision and --cache-dir go with --from-hub; add it or drop them")
+        sources = download_aniportrait(**download)
     else:
         sources = {
             "audio2mesh": args.audio2mesh,

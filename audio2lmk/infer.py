@@ -46,24 +46,25 @@ def main(cfg: DictConfig) -> str:
     from common.audio import load_audio
     from common.detect import load_reference
     from common.devices import resolve_device
+    from common.lmkfile import check_landmark_name
 
     model_dir, audio_path = _path(cfg, "model"), _path(cfg, "audio")
     reference_path, out = _path(cfg, "reference"), _path(cfg, "out")
     # Options, outputs and inputs first; the models and the face detector only then.
     limits.seed(cfg.seed)
     device = resolve_device(str(cfg.device))
-    if out.suffix != ".npz":
-        raise UserError(f"out={cfg.out}: landmark files end in .npz; choose a name like {out.stem}.npz")
+    check_landmark_name(out, f"out={cfg.out}")
     check_output(out, cfg.overwrite)
     pose = str(cfg.pose)
     if pose not in ("model", "still"):
         pose = str(_path(cfg, "pose"))
     fps = check_model_folder(model_dir)
     samples = load_audio(audio_path, min_duration=1.0 / fps)
-    if reference_path.suffix.lower() == ".npz":
-        load_reference(reference_path)
+    # A landmark-file reference is read now; an image needs the face detector, after the model.
+    reference = load_reference(reference_path) if reference_path.suffix.lower() == ".npz" else None
     loaded = load_audio2lmk(model_dir, device=device)
-    reference = load_reference(reference_path, model_path=cfg.face_model)
+    if reference is None:
+        reference = load_reference(reference_path, model_path=cfg.face_model)
     seq = audio_to_landmarks(loaded, samples, reference, pose=pose, style=cfg.style, seed=cfg.seed)
     seq.meta["source"] = str(audio_path)
     seq.meta["reference"] = str(reference_path)

@@ -139,3 +139,13 @@ def add_hub_arguments(parser, what: str) -> None:
     parser.add_argument(
         "--cache-dir", default=None, help="with --from-hub: hub cache folder (default HF_HUB_CACHE)"
     )
+
+
+def hub_options(args) -> dict | None:
+    """The download options of parsed :func:`add_hub_arguments` (``revisions``, ``cache_dir``), or None without
+    ``--from-hub``; ``--revision`` / ``--cache-dir`` without it are refused."""
+    if not args.from_hub:
+        if args.revision or args.cache_dir:
+            raise UserError("--revision and --cache-dir go with --from-hub; add it or drop them")
+        return None
+    return {"revisions": parse_revisions(args.revision), "cache_dir": args.cache_dir}

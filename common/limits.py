@@ -55,11 +55,3 @@ def seed(value: Any, name: str = "seed=") -> int | None:
     if value is None:
         return None
     return number(value, name, 0, MAX_SEED, integer=True, hint="e.g. seed=42")
-
-
-def image_size(height: Any, width: Any, name: str) -> tuple[int, int]:
-    """``(height, width)`` in pixels, each from 1 to :data:`MAX_IMAGE_SIDE`."""
-    return (
-        number(height, f"{name} height", 1, MAX_IMAGE_SIDE, integer=True),
-        number(width, f"{name} width", 1, MAX_IMAGE_SIDE, integer=True),
-    )

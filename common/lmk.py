@@ -18,7 +18,7 @@ from common import limits
 from common.atomic import check_output
 from common.detect import load_reference
 from common.errors import UserError, exit_on_user_error
-from common.lmkfile import LandmarkSequence
+from common.lmkfile import LandmarkSequence, check_landmark_name
 
 log = logging.getLogger("common.lmk")
 
@@ -48,8 +48,8 @@ def _option(flag: str):
 def check_args(args: argparse.Namespace) -> None:
     """Every option in range before any file is read or model loaded."""
     output = getattr(args, "output", None)
-    if output is not None and args.command != "render" and not output.endswith(".npz"):
-        raise UserError(f"-o {output}: landmark files end in .npz; choose an output name like OUT.npz")
+    if output is not None and args.command != "render":
+        check_landmark_name(output, f"-o {output}")
     if args.command == "extract":
         limits.number(args.max_gap, "--max-gap", 0, 3600, hint="seconds of face-less frames to interpolate")
         limits.fraction(args.min_face_fraction, "--min-face-fraction")

@@ -187,9 +187,7 @@ class LandmarkSequence:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Validate and write ``path`` atomically (temporary file + rename)."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            raise UserError(f"{path}: landmark files end in .npz; choose an output name like {path.stem}.npz")
+        path = check_landmark_name(path)
         self.validate(str(path))
         with atomic_output(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **self.to_arrays())
@@ -220,13 +218,12 @@ class LandmarkSequence:
                 f"{source}: missing required key(s) {', '.join(missing)}; a landmark file needs "
                 f"{', '.join(REQUIRED_KEYS)} (create one with `python -m common.lmk extract`)"
             )
-        version = arrays.get("version")
-        if version is not None and version.shape == () and np.issubdtype(version.dtype, np.integer):
-            version = int(version)
-        if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-            version = version if version is None or isinstance(version, int) else repr(version.tolist())
+        raw = arrays.get("version")
+        whole = raw is not None and raw.shape == () and np.issubdtype(raw.dtype, np.integer)
+        if not whole or not 1 <= int(raw) <= SCHEMA_VERSION:
+            shown = None if raw is None else int(raw) if whole else repr(raw.tolist())
             raise UserError(
-                f"{source}: key 'version' is {version}, this tool reads schema version(s) 1..{SCHEMA_VERSION}; "
+                f"{source}: key 'version' is {shown}, this tool reads schema version(s) 1..{SCHEMA_VERSION}; "
                 "upgrade talking-portrait or re-extract the file"
             )
         for key in ("mesh", "pose", "landmarks2d", "blendshapes", "reference_mesh", "reference_pose"):
@@ -264,6 +261,16 @@ class LandmarkSequence:
             **kwargs,
         )
         return seq.validate(source)
+
+
+def check_landmark_name(path: str | os.PathLike, given: str | None = None) -> Path:
+    """An output landmark file's name must end in ``.npz`` (``given``: the option as the user wrote it)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise UserError(
+            f"{given or path}: landmark files end in .npz; choose an output name like {path.stem}.npz"
+        )
+    return path
 
 
 def load(path: str | os.PathLike) -> LandmarkSequence:

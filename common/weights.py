@@ -48,19 +48,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"checkpoint {path} has an unknown extension {path.suffix!r}; "
             f"expected one of {', '.join(CHECKPOINT_SUFFIXES)}"
         )
-    if path.stat().st_size == 0:
-        raise UserError(
-            f"checkpoint {path} is empty (0 bytes): the download or copy did not finish; fetch it again"
-        )
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            data: Any = load_file(str(path), device="cpu")
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, wrong format, pickled code objects
-        raise UserError(f"cannot read checkpoint {path}: {unreadable_reason(path, err)}") from None
+    data = read_checkpoint_file(path)
     if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
         data = data["state_dict"]
     if not isinstance(data, Mapping):
@@ -70,6 +58,26 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UserError(f"checkpoint {path} holds no tensors")
     check_finite(tensors, str(path))
     return tensors
+
+
+def read_checkpoint_file(path: Path, hint: str = "") -> Any:
+    """What a ``.safetensors`` file or a ``torch.save`` file (read with ``weights_only=True``) holds, on the CPU.
+
+    An empty or unreadable file is a :class:`UserError` saying why, in our words (``hint``: what to pass
+    instead, appended to the unreadable case)."""
+    if path.stat().st_size == 0:
+        raise UserError(
+            f"checkpoint {path} is empty (0 bytes): the download or copy did not finish; fetch it again"
+        )
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, wrong format, pickled code objects
+        reason = unreadable_reason(path, err) + (f"; {hint}" if hint else "")
+        raise UserError(f"cannot read checkpoint {path}: {reason}") from None
 
 
 def unreadable_reason(path: Path, err: Exception) -> str:

@@ -429,15 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = _read_config(args.config)
-    if args.from_hub:
+    download = hub.hub_options(args)
+    if download is not None:
         if len(args.paths) != 1 or args.vae or args.image_encoder:
             raise UserError(
                 "--from-hub takes only DST (it downloads SRC, the VAE and the image encoder itself)"
             )
         dst = check_output_folder(args.paths[0], args.overwrite, "--overwrite")  # before gigabytes download
-        sources = download_aniportrait(hub.parse_revisions(args.revision), args.cache_dir)
-    elif args.revision or args.cache_dir:
-        raise UserError("--revision and --cache-dir go with --from-hub; add it or drop them")
+        sources = download_aniportrait(**download)
     elif len(args.paths) != 2:
         raise UserError("pass SRC and DST (or --from-hub DST)")
     else:

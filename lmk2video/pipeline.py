@@ -330,7 +330,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         if name is None:
             self.scheduler = own
             return
-        distilled = bool(self.config.get("distilled", False)) if hasattr(self.config, "get") else False
+        distilled = bool(self.config.get("distilled", False))
         self.scheduler = make_scheduler(name, own.config, distilled=distilled, source=str(self.name_or_path))
 
     def set_framing(self, options: dict[str, float] | None, source: str) -> None:
