@@ -230,6 +230,12 @@ def generate(settings: GenerateSettings, audio_to_landmarks: AudioToLandmarks | 
     generator = torch.Generator("cpu").manual_seed(seed)
     rendering = render(pipe, image, reference, sequence, options, (height, width), generator, cache)
     log.info(
+        "sampler: %s, %d steps, %s",
+        type(pipe.scheduler).__name__,
+        options.steps,
+        f"guidance {options.cfg:g}" if options.cfg > 1 else "no guidance",
+    )
+    log.info(
         "reference %s (%dx%d): crop window x=%d y=%d %dx%d -> %dx%d",
         settings.reference,
         image.shape[1],

@@ -57,6 +57,7 @@ from torch import nn
 
 from common.errors import UserError
 from lmk2video.data import to_uint8
+from lmk2video.pipeline import SETTING_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,9 @@ class WarmupConstant:
 class LandmarkVideoModule(pl.LightningModule):
     """lmk2video training (see the module docstring).
 
+    Subclasses train other stages (:class:`lmk2video.distillation.DistillationModule`): they override
+    :meth:`configure_stage`, :meth:`compute_loss` and :attr:`excluded_from_checkpoint`.
+
     Args:
         pipeline: the model to train (:func:`lmk2video.building.load_or_build`); its components become this
             module's sub-modules.
@@ -264,6 +268,9 @@ class LandmarkVideoModule(pl.LightningModule):
         seed: seed of the per-step noise.
         media_dir: where validation videos are written (``val_step{step:07d}.mp4``).
     """
+
+    # Top-level sub-modules whose (frozen) weights checkpoints leave out.
+    excluded_from_checkpoint: tuple[str, ...] = ALWAYS_FROZEN
 
     def __init__(
         self,
@@ -286,9 +293,7 @@ class LandmarkVideoModule(pl.LightningModule):
         self.feature_extractor = pipeline.feature_extractor
         self.inference_scheduler_config = dict(pipeline.scheduler.config)
         self.inference_scheduler_class = type(pipeline.scheduler)
-        self.pipeline_settings = {
-            k: pipeline.config[k] for k in ("landmark_style", "width", "height", "framing")
-        }
+        self.pipeline_settings = {k: pipeline.config[k] for k in SETTING_NAMES if k in pipeline.config}
         accepted = inspect.signature(DDPMScheduler.__init__).parameters
         self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, lr=1e-5, weight_decay=1e-2)
         self.warmup_steps = int(warmup_steps)
@@ -304,7 +309,7 @@ class LandmarkVideoModule(pl.LightningModule):
         )
         self.seed = int(seed)
         self.media_dir = None if media_dir is None else Path(media_dir)
-        self.stage = int(stage)
+        self.stage = stage
         self.frozen_modules: list[str] = []
         self.configure_stage(self.stage)
         if gradient_checkpointing:
@@ -513,15 +518,16 @@ class LandmarkVideoModule(pl.LightningModule):
     # ---------------------------------------------------------------------------------------- checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the always-frozen VAE and image encoder out (rebuilt from the model config on resume)."""
+        """Leave the frozen networks of :attr:`excluded_from_checkpoint` out (the VAE and image encoder: rebuilt
+        from the model config or folder on resume)."""
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k.split(".", 1)[0] in ALWAYS_FROZEN]:
+        for key in [k for k in state if k.split(".", 1)[0] in self.excluded_from_checkpoint]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
         for key, value in self.state_dict().items():
-            if key.split(".", 1)[0] in ALWAYS_FROZEN and key not in state:
+            if key.split(".", 1)[0] in self.excluded_from_checkpoint and key not in state:
                 state[key] = value
         has_ema = any(k.startswith(EMA_PREFIX) for k in state)
         if (self.ema is not None) != has_ema:

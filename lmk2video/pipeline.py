@@ -12,8 +12,10 @@ Components (AniPortrait's design), registered as a diffusers ``DiffusionPipeline
 * ``pose_guider``: :class:`~lmk2video.models.pose_guider.PoseGuider`; landmark drawings -> UNet residuals;
 * ``scheduler``: a diffusers scheduler (DDIM with v-prediction, zero terminal SNR, trailing spacing by default);
 
-plus config values ``landmark_style`` (the :mod:`common.draw` style the pose guider was trained on) and the
-default output ``width`` / ``height``.
+plus config values ``landmark_style`` (the :mod:`common.draw` style the pose guider was trained on), the
+default output ``width`` / ``height``, the ``framing`` of the reference crop, ``sampling`` (the steps and guidance
+scale the model recommends, :attr:`LandmarkVideoPipeline.sampling_defaults`) and ``distilled`` (a few-step
+student of :mod:`lmk2video.distillation`, whose own scheduler is a consistency sampler).
 
 The model folder
 ----------------
@@ -100,6 +102,8 @@ _KNOWN_CLASSES: dict[str, dict[tuple[str, str], type]] = {
 # Components a model folder may leave out (``[null, null]`` in model_index.json): a pixel-space model has no VAE.
 OPTIONAL_COMPONENTS = ("vae",)
 IMAGE_CHANNELS = 3
+# The config values of a model folder besides its components (model_index.json).
+SETTING_NAMES = ("landmark_style", "width", "height", "framing", "sampling", "distilled")
 REBUILD_HINT = (
     "re-create the model folder (python -m lmk2video.init, or save_pretrained of a trained pipeline)"
 )
@@ -197,6 +201,30 @@ def _framing_config(options: dict[str, float] | None) -> dict[str, float]:
     return {k: float(v) for k, v in (options or {}).items()}
 
 
+# What a model samples with unless its folder recommends otherwise (``sampling`` in model_index.json).
+SAMPLING_DEFAULTS: dict[str, float] = {"steps": 25, "cfg": 3.5}
+
+
+def _sampling_config(sampling: dict[str, float] | None) -> dict[str, float]:
+    """The recommended sampling a model's config stores: ``steps`` (whole) and ``cfg`` (a number)."""
+    sampling = dict(sampling or {})
+    unknown = set(sampling) - set(SAMPLING_DEFAULTS)
+    if unknown:
+        raise UserError(f"sampling has unknown key(s) {', '.join(sorted(unknown))}; allowed: steps, cfg")
+    out: dict[str, float] = {}
+    if "steps" in sampling:
+        steps = sampling["steps"]
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise UserError(f"sampling.steps={steps!r} must be a whole number >= 1")
+        out["steps"] = int(steps)
+    if "cfg" in sampling:
+        cfg = sampling["cfg"]
+        if not isinstance(cfg, int | float) or isinstance(cfg, bool) or not 0 <= cfg <= 100:
+            raise UserError(f"sampling.cfg={cfg!r} must be a number from 0 to 100")
+        out["cfg"] = float(cfg)
+    return out
+
+
 class LandmarkVideoPipeline(DiffusionPipeline):
     """Landmark-conditioned portrait video diffusion (see the module docstring).
 
@@ -224,6 +252,8 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         width: int = 512,
         height: int = 512,
         framing: dict[str, float] | None = None,
+        sampling: dict[str, float] | None = None,
+        distilled: bool = False,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -240,6 +270,8 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             width=int(width),
             height=int(height),
             framing=_framing_config(framing),
+            sampling=_sampling_config(sampling),
+            distilled=bool(distilled),
         )
 
     # ------------------------------------------------------------------------------------ checks
@@ -344,6 +376,12 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         self.register_to_config(framing=_framing_config(options))
 
     @property
+    def sampling_defaults(self) -> dict[str, float]:
+        """``{"steps", "cfg"}`` the model recommends with its own scheduler (``sampling`` in its config, else
+        :data:`SAMPLING_DEFAULTS`)."""
+        return {**SAMPLING_DEFAULTS, **dict(self.config.get("sampling") or {})}
+
+    @property
     def framing_options(self) -> dict[str, float]:
         """The :func:`lmk2video.framing.choose_framing` options of this model (``framing`` in its config)."""
         return dict(self.config.get("framing") or {})
@@ -378,8 +416,11 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         if missing:
             raise UserError(f"{index_path} lacks the component(s) {', '.join(missing)}; {REBUILD_HINT}")
         components = {name: _load_component(root, name, index[name], torch_dtype) for name in COMPONENT_NAMES}
-        settings = {k: index[k] for k in ("landmark_style", "width", "height", "framing") if k in index}
-        pipe = cls(**components, **settings)
+        settings = {k: index[k] for k in SETTING_NAMES if k in index}
+        try:
+            pipe = cls(**components, **settings)
+        except UserError as err:
+            raise UserError(f"{index_path}: {err}; {REBUILD_HINT}") from None
         pipe.check_components(str(root))
         return pipe
 

@@ -41,8 +41,9 @@ class SamplerOptions:
     """How a video is sampled (the generate options of the same names; see ``conf/lmk2video/generate.yaml``).
 
     Attributes:
-        steps: scheduler steps.
-        cfg: classifier-free guidance scale (<= 1: none, half the work).
+        steps: scheduler steps; None: what the model recommends (:meth:`fit`; 25 for undistilled models).
+        cfg: classifier-free guidance scale (<= 1: none, half the work); None: the model's recommendation (3.5
+            for undistilled models, 1 for a guidance-distilled student).
         context_frames, context_overlap, context_stride, context_weighting: the context windows
             (:mod:`lmk2video.context`).
         decode_chunk: frames per VAE decode call.
@@ -52,8 +53,8 @@ class SamplerOptions:
         cache_interval: the deep UNet blocks run every N-th step only (DeepCache; 1 = every step).
     """
 
-    steps: int = 25
-    cfg: float = 3.5
+    steps: int | None = None
+    cfg: float | None = None
     context_frames: int = 16
     context_overlap: int = 4
     context_stride: int = 1
@@ -80,16 +81,20 @@ class SamplerOptions:
                 f"cfg_interval={interval!r} must be [a, b] with 0 <= a <= b <= 1 (fractions of the schedule, "
                 "0 = the first step), e.g. cfg_interval=[0,0.5]"
             )
-        _whole(self.steps, "steps", 1)
-        if self.steps > MAX_STEPS:
-            raise UserError(
-                f"steps={self.steps} must be at most {MAX_STEPS} (the schedules have 1000 timesteps)"
-            )
+        if self.steps is not None:
+            _whole(self.steps, "steps", 1)
+            if self.steps > MAX_STEPS:
+                raise UserError(
+                    f"steps={self.steps} must be at most {MAX_STEPS} (the schedules have 1000 timesteps)"
+                )
         _whole(self.decode_chunk, "decode_chunk", 1)
         _whole(self.cache_interval, "cache_interval", 1)
-        if not isinstance(self.cfg, int | float) or isinstance(self.cfg, bool) or not 0 <= self.cfg <= 100:
+        if self.cfg is not None and (
+            not isinstance(self.cfg, int | float) or isinstance(self.cfg, bool) or not 0 <= self.cfg <= 100
+        ):
             raise UserError(
-                f"cfg={self.cfg!r} must be a number from 0 to 100 (3.5 is usual; <= 1 turns guidance off)"
+                f"cfg={self.cfg!r} must be a number from 0 to 100 (3.5 is usual; <= 1 turns guidance off) or "
+                "null (the model's recommendation)"
             )
         for name in ("context_frames", "context_overlap", "context_stride"):
             _whole(getattr(self, name), name, 0)
@@ -100,12 +105,21 @@ class SamplerOptions:
         return self
 
     def fit(self, pipe: Any, *, strict: bool, source: str = "the model") -> SamplerOptions:
-        """These options with windows the pipeline's motion modules accept (see
-        :func:`lmk2video.context.fit_context`: ``strict`` refuses a longer window, else it is shortened)."""
+        """These options for ``pipe``: ``steps`` and ``cfg`` left at None take the model's recommendation
+        (:attr:`~lmk2video.pipeline.LandmarkVideoPipeline.sampling_defaults`), and the windows are ones its
+        motion modules accept (:func:`lmk2video.context.fit_context`: ``strict`` refuses a longer window, else
+        it is shortened)."""
         frames, overlap = fit_context(
             self.context_frames, self.context_overlap, pipe.max_context_frames, strict=strict, source=source
         )
-        return dataclasses.replace(self, context_frames=frames, context_overlap=overlap)
+        recommended = pipe.sampling_defaults
+        return dataclasses.replace(
+            self,
+            context_frames=frames,
+            context_overlap=overlap,
+            steps=int(recommended["steps"]) if self.steps is None else self.steps,
+            cfg=float(recommended["cfg"]) if self.cfg is None else self.cfg,
+        )
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> SamplerOptions:

@@ -1,7 +1,8 @@
 """``python -m lmk2video.train experiment=NAME [key=value ...]`` (``-m`` sweeps; docs/lmk2video-training.md)
 
-Trains lmk2video stage 1 or 2 (:mod:`lmk2video.module`) on a corpus prepared by ``common.preprocess``
-(:mod:`lmk2video.data`), with the trainer, loggers and callbacks of ``conf/common``. Options:
+Trains lmk2video stage 1 or 2 (:mod:`lmk2video.module`), or distils a model folder ``teacher=DIR`` into a
+few-step student (``stage=distill``, :mod:`lmk2video.distillation`), on a corpus prepared by
+``common.preprocess`` (:mod:`lmk2video.data`), with the trainer, loggers and callbacks of ``conf/common``. Options:
 ``conf/lmk2video/train.yaml``. At the end, ``export_dir=DIR`` writes the model folder that
 ``python -m lmk2video.generate model=DIR`` loads (rank zero only). Returns ``optimized_metric`` for sweepers.
 """
@@ -31,11 +32,24 @@ def build(cfg: DictConfig) -> tuple[object, object]:
     """The module and data module a composed ``train`` config describes."""
     from lmk2video.building import load_or_build
     from lmk2video.data import LandmarkVideoDataModule
+    from lmk2video.distillation import STAGE, DistillationModule
     from lmk2video.module import LandmarkVideoModule
+    from lmk2video.pipeline import LandmarkVideoPipeline
 
     work_dir = Path(cfg.paths.work_dir)
+    teacher = _resolve(work_dir, cfg.get("teacher"))
+    distilling = cfg.stage == STAGE
+    if distilling != (teacher is not None):
+        raise UserError(
+            f"stage={STAGE} distils the model folder teacher=DIR (e.g. experiment=tiny_distill teacher=DIR)"
+            if distilling
+            else f"teacher={teacher} is for stage={STAGE} (a distillation experiment); this run has stage={cfg.stage}"
+        )
     with torch.no_grad():
-        pipe = load_or_build(cfg.model, cfg.init_from, work_dir)
+        if distilling:
+            pipe = LandmarkVideoPipeline.from_pretrained(teacher)
+        else:
+            pipe = load_or_build(cfg.model, cfg.init_from, work_dir)
     validation = OmegaConf.to_container(cfg.val, resolve=True)
     if validation.get("face_model") is not None:
         validation["face_model"] = str(_resolve(work_dir, validation["face_model"]))
@@ -45,9 +59,16 @@ def build(cfg: DictConfig) -> tuple[object, object]:
     if data.get("framing") is None:
         data["framing"] = pipe.framing_options
     pipe.set_framing(data["framing"], "data.framing")
-    module = LandmarkVideoModule(
+    if distilling:
+        module_class, extra = (
+            DistillationModule,
+            {"distill": OmegaConf.to_container(cfg.distill, resolve=True)},
+        )
+    else:
+        module_class, extra = LandmarkVideoModule, {"stage": cfg.stage}
+    module = module_class(
         pipe,
-        stage=int(cfg.stage),
+        **extra,
         optimizer=instantiate(cfg.optimizer),
         warmup_steps=int(cfg.warmup_steps),
         loss=OmegaConf.to_container(cfg.loss, resolve=True),

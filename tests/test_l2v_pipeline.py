@@ -353,8 +353,9 @@ def test_sampler_options_fit_the_motion_modules_one_way_for_every_caller() -> No
 
     from lmk2video.rendering import SamplerOptions
 
-    options = SamplerOptions(context_frames=16, context_overlap=12)
-    motion = SimpleNamespace(max_context_frames=8)
+    options = SamplerOptions(context_frames=16, context_overlap=12, steps=7, cfg=2.0)
+    recommends = {"steps": 3, "cfg": 1.0}
+    motion = SimpleNamespace(max_context_frames=8, sampling_defaults=recommends)
     fitted = options.fit(motion, strict=False)
     assert (fitted.context_frames, fitted.context_overlap) == (8, 7)
     assert fitted.steps == options.steps and fitted.cfg == options.cfg
@@ -362,8 +363,15 @@ def test_sampler_options_fit_the_motion_modules_one_way_for_every_caller() -> No
         UserError, match=r"context_frames=16 .* max_position=8 \(MODEL\); set context_frames=8"
     ):
         options.fit(motion, strict=True, source="MODEL")
-    assert options.fit(SimpleNamespace(max_context_frames=None), strict=True) == options
-    assert options.fit(SimpleNamespace(max_context_frames=16), strict=True) == options
+    anything = SimpleNamespace(max_context_frames=None, sampling_defaults=recommends)
+    assert options.fit(anything, strict=True) == options
+    assert (
+        options.fit(SimpleNamespace(max_context_frames=16, sampling_defaults=recommends), strict=True)
+        == options
+    )
+    # Steps and guidance left unset take the model's recommendation.
+    unset = SamplerOptions(context_frames=16, context_overlap=12)
+    assert (unset.fit(anything, strict=True).steps, unset.fit(anything, strict=True).cfg) == (3, 1.0)
 
 
 @pytest.mark.parametrize(
