@@ -10,7 +10,11 @@ AniPortrait uses it, with two differences of ours):
   they were neighbours). Here windows start every ``context_frames - context_overlap`` frames and
   the last window is moved back to end on the last frame, so every window is a run of real
   neighbours of full length and consecutive windows overlap by at least ``context_overlap``;
-* the same windows at every step (AniPortrait too passes step 0 to the schedule every step).
+* by default the same windows at every step (AniPortrait too passes step 0 to the schedule every step), so
+  any seam between windows lands on the same frames at every step. ``context_shift`` moves the window grid
+  from step to step by a fraction of the window step taken from AnimateDiff's ordered-halving sequence
+  (0, 1/2, 1/4, 3/4, 1/8, ...: :func:`step_offset`); the first window still starts on frame 0, so shifted
+  steps may use one window more.
 
 ``context_stride`` > 1 adds dilated windows, as AnimateDiff's: level ``k`` (``k = 0 ..
 context_stride - 1``) takes every ``2**k``-th frame, ``context_frames`` of them per window, for
@@ -28,6 +32,10 @@ import numpy as np
 from common.errors import UserError
 
 WEIGHTINGS = ("uniform", "pyramid")
+SHIFT_WITH_CACHE = (
+    "context_shift=true and cache_interval>1 cannot be combined (DeepCache keeps each window's deep features "
+    "for the next steps, shifted windows hold other frames); choose one"
+)
 
 
 def check_context(context_frames: int, context_overlap: int, context_stride: int) -> None:
@@ -60,19 +68,39 @@ def fit_context(
     return int(limit), min(int(context_overlap), int(limit) - 1)
 
 
-def _tile(frames: list[int], size: int, overlap: int) -> list[list[int]]:
-    """Windows of ``size`` consecutive entries of ``frames``, every ``size - overlap``, the last end-aligned."""
+def ordered_halving(index: int) -> float:
+    """The ``index``-th term of 0, 1/2, 1/4, 3/4, 1/8, 5/8, ... (the bits of ``index`` reversed, as a fraction):
+    AnimateDiff's sequence, which spreads successive offsets evenly."""
+    value, scale = 0.0, 0.5
+    while index:
+        value += scale * (index & 1)
+        index >>= 1
+        scale /= 2
+    return value
+
+
+def step_offset(step_index: int, context_frames: int, context_overlap: int) -> int:
+    """Where the window grid starts at denoising step ``step_index`` with ``context_shift``: a whole number of
+    frames in ``[0, context_frames - context_overlap)``."""
+    return int(ordered_halving(step_index) * (context_frames - context_overlap))
+
+
+def _tile(frames: list[int], size: int, overlap: int, offset: int = 0) -> list[list[int]]:
+    """Windows of ``size`` consecutive entries of ``frames``: one at the start, then every ``size - overlap``
+    from ``offset``, the last end-aligned."""
     if len(frames) <= size:
         return [frames]
-    step = size - overlap
-    starts = list(range(0, len(frames) - size + 1, step))
-    if starts[-1] != len(frames) - size:
-        starts.append(len(frames) - size)
+    last = len(frames) - size
+    starts = sorted({0, last, *range(offset, last + 1, size - overlap)})
     return [frames[s : s + size] for s in starts]
 
 
 def context_windows(
-    num_frames: int, context_frames: int = 16, context_overlap: int = 4, context_stride: int = 1
+    num_frames: int,
+    context_frames: int = 16,
+    context_overlap: int = 4,
+    context_stride: int = 1,
+    offset: int = 0,
 ) -> list[list[int]]:
     """Frame indices of every window (see the module docstring). Every frame is in at least one window.
 
@@ -81,6 +109,7 @@ def context_windows(
         context_frames: frames per window (at most the motion modules' ``max_position``).
         context_overlap: frames shared by consecutive windows (at least; the last window may share more).
         context_stride: number of dilation levels (1: contiguous windows only).
+        offset: start of the window grid after the first window (:func:`step_offset`; 0: unshifted).
     """
     check_context(context_frames, context_overlap, context_stride)
     if num_frames < 1:
@@ -93,7 +122,8 @@ def context_windows(
         if (context_frames - 1) * dilation + 1 > num_frames:
             break
         for phase in range(dilation):
-            windows += _tile(list(range(phase, num_frames, dilation)), context_frames, context_overlap)
+            frames = list(range(phase, num_frames, dilation))
+            windows += _tile(frames, context_frames, context_overlap, offset)
     return windows
 
 

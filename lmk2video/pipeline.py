@@ -69,7 +69,7 @@ from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection, P
 from common.draw import get_style
 from common.errors import UserError
 from common.weights import format_keys
-from lmk2video.context import context_windows, fit_context, window_weights
+from lmk2video.context import SHIFT_WITH_CACHE, context_windows, fit_context, step_offset, window_weights
 from lmk2video.models.denoising_unet import DeepCache, DenoisingUNet
 from lmk2video.models.pose_guider import PoseGuider
 from lmk2video.models.reference_attention import ReferenceBank
@@ -156,6 +156,31 @@ class PoseFeatures:
             return part.expand(batch, *part.shape[1:])
 
         return tuple(take(x) for x in self.down), None if self.mid is None else take(self.mid)
+
+
+@dataclasses.dataclass
+class _WindowPlan:
+    """The context windows of a denoising step: frame indices, per-frame weights (1, 1, n, 1, 1) and each
+    frame's total weight (1, 1, F, 1, 1)."""
+
+    frames: list[torch.Tensor]
+    weights: list[torch.Tensor]
+    total_weight: torch.Tensor
+
+    @classmethod
+    def make(cls, windows: list[list[int]], weighting: str, device: torch.device) -> _WindowPlan:
+        frames = [torch.tensor(win, device=device) for win in windows]
+        weights = [
+            torch.tensor(window_weights(len(win), weighting), device=device, dtype=torch.float32)[
+                None, None, :, None, None
+            ]
+            for win in windows
+        ]
+        num_frames = max(max(win) for win in windows) + 1
+        total = torch.zeros((1, 1, num_frames, 1, 1), device=device, dtype=torch.float32)
+        for idx, weight in zip(frames, weights):
+            total.index_add_(2, idx, weight)
+        return cls(frames=frames, weights=weights, total_weight=total)
 
 
 @dataclasses.dataclass
@@ -510,6 +535,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         eta: float = 0.0,
         cfg_interval: tuple[float, float] = (0.0, 1.0),
         cache_interval: int = 1,
+        context_shift: bool = False,
     ) -> torch.Tensor:
         """Run the sampler over context windows; returns the final latents (1, C, F, h, w) float32.
 
@@ -518,6 +544,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         ``N`` sits at ``i / (N - 1)``, 0 = the first, noisiest step); other steps run the conditional branch
         only, at half the cost. ``cache_interval``: N > 1 runs the whole denoising UNet on every N-th step only;
         the steps between reuse its deep features and recompute the shallow blocks (DeepCache).
+        ``context_shift``: move the window grid from step to step (:func:`lmk2video.context.step_offset`).
         """
         device = self._execution_device
         unet = self.denoising_unet
@@ -532,14 +559,20 @@ class LandmarkVideoPipeline(DiffusionPipeline):
                 f"latents {tuple(latents.shape)} do not match {num_frames} frames of {h}x{w} latents"
             )
         fit_context(min(context_frames, num_frames), context_overlap, self.max_context_frames, strict=True)
-        windows = context_windows(num_frames, context_frames, context_overlap, context_stride)
-        window_tensors = [torch.tensor(win, device=device) for win in windows]
-        weights = [
-            torch.tensor(window_weights(len(win), context_weighting), device=device, dtype=torch.float32)[
-                None, None, :, None, None
-            ]
-            for win in windows
-        ]
+        if context_shift and cache_interval > 1:
+            raise UserError(SHIFT_WITH_CACHE)
+        plans: dict[int, _WindowPlan] = {}
+
+        def plan(step_index: int) -> _WindowPlan:
+            offset = step_offset(step_index, context_frames, context_overlap) if context_shift else 0
+            if offset not in plans:
+                plans[offset] = _WindowPlan.make(
+                    context_windows(num_frames, context_frames, context_overlap, context_stride, offset),
+                    context_weighting,
+                    device,
+                )
+            return plans[offset]
+
         cond_embeds = reference.image_embeds.to(unet.dtype)
         guided_embeds = torch.cat([torch.zeros_like(cond_embeds), cond_embeds])
         guided_mask = torch.tensor([False, True], device=device)
@@ -547,11 +580,9 @@ class LandmarkVideoPipeline(DiffusionPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         steps = len(self.scheduler.timesteps)
-        caches = [DeepCache() for _ in windows] if cache_interval > 1 else [None] * len(windows)
+        fixed = plan(0)
+        caches = [DeepCache() for _ in fixed.frames] if cache_interval > 1 else None
         latents = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
-        total_weight = torch.zeros((1, 1, num_frames, 1, 1), device=device, dtype=torch.float32)
-        for idx, weight in zip(window_tensors, weights):
-            total_weight.index_add_(2, idx, weight)
 
         with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
             for i, t in enumerate(self.scheduler.timesteps):
@@ -560,10 +591,11 @@ class LandmarkVideoPipeline(DiffusionPipeline):
                 batch = 2 if do_cfg else 1
                 embeds, mask = (guided_embeds, guided_mask) if do_cfg else (cond_embeds, None)
                 prediction = torch.zeros((batch, *latents.shape[1:]), device=device, dtype=torch.float32)
-                for cache in caches:
-                    if cache is not None:
-                        cache.reuse = i % cache_interval != 0
-                for idx, weight, cache in zip(window_tensors, weights, caches):
+                windows = plan(i)
+                for cache in caches or ():
+                    cache.reuse = i % cache_interval != 0
+                for w, (idx, weight) in enumerate(zip(windows.frames, windows.weights)):
+                    cache = None if caches is None else caches[w]
                     x = latents.index_select(2, idx).expand(batch, -1, -1, -1, -1)
                     x = self.scheduler.scale_model_input(x, t).to(unet.dtype)
                     down, mid = pose.window(idx, batch, device, unet.dtype)
@@ -578,7 +610,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
                         deep_cache=cache,
                     ).sample
                     prediction.index_add_(2, idx, out.float() * weight)
-                prediction = prediction / total_weight
+                prediction = prediction / windows.total_weight
                 if do_cfg:
                     uncond, cond = prediction.chunk(2)
                     prediction = uncond + guidance_scale * (cond - uncond)
@@ -654,6 +686,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
         eta: float = 0.0,
         cfg_interval: tuple[float, float] = (0.0, 1.0),
         cache_interval: int = 1,
+        context_shift: bool = False,
     ) -> Iterator[np.ndarray]:
         """Generate a video and yield it in chunks of RGB uint8 frames (n, H, W, 3), one frame per drawing.
 
@@ -671,6 +704,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             eta: DDIM eta (0: deterministic sampling).
             cfg_interval: the guided part of the schedule (see :meth:`denoise`).
             cache_interval: run the deep UNet blocks every N-th step only (see :meth:`denoise`).
+            context_shift: move the window grid from step to step (see :mod:`lmk2video.context`).
         """
         self.check_inputs(reference_image, landmark_images, reference_landmark_image)
         reference = self.encode_reference(reference_image)
@@ -690,6 +724,7 @@ class LandmarkVideoPipeline(DiffusionPipeline):
             eta=eta,
             cfg_interval=cfg_interval,
             cache_interval=cache_interval,
+            context_shift=context_shift,
         )
         del pose, reference
         yield from self.decode(latents, decode_chunk)

@@ -146,6 +146,43 @@ def test_short_video_is_one_window_and_bad_settings_are_refused() -> None:
         window_weights(3, "gaussian")
 
 
+def test_shifted_window_grids_move_every_step_and_still_cover_every_frame() -> None:
+    from lmk2video.context import ordered_halving, step_offset
+
+    assert [ordered_halving(i) for i in range(6)] == [0, 0.5, 0.25, 0.75, 0.125, 0.625]
+    offsets = [step_offset(i, 16, 4) for i in range(8)]
+    assert offsets == [0, 6, 3, 9, 1, 7, 4, 10] and all(0 <= o < 12 for o in offsets)
+    assert context_windows(40, 16, 4, offset=0) == context_windows(40, 16, 4)
+    seams = set()
+    for offset in offsets:
+        windows = context_windows(40, 16, 4, offset=offset)
+        assert sorted({f for w in windows for f in w}) == list(range(40))
+        assert windows[0][0] == 0 and windows[-1][-1] == 39 and all(len(w) == 16 for w in windows)
+        for a, b in itertools.pairwise(windows):
+            assert len(set(a) & set(b)) >= 4
+        seams |= {w[0] for w in windows[1:]}
+    # The grid's window starts (where a seam can be) land on many frames, not on the same few at every step.
+    assert len(seams) >= 8
+
+
+def test_shifted_windows_change_a_motion_model_s_video_but_not_a_frame_model_s() -> None:
+    image, drawings, reference = inputs(frames=10)
+    for motion in (True, False):
+        pipe = tiny_pipeline(motion=motion)
+        ref = pipe.encode_reference(image)
+        pose = pipe.encode_landmarks(drawings, reference)
+        noise = pipe.prepare_noise(10, SIZE, SIZE, torch.Generator().manual_seed(3))
+        kwargs = {"num_inference_steps": 3, "latents": noise, "context_frames": 4, "context_overlap": 1}
+        fixed = pipe.denoise(ref, pose, **kwargs)
+        shifted = pipe.denoise(ref, pose, context_shift=True, **kwargs)
+        if motion:
+            assert (shifted - fixed).abs().max() > 1e-4
+        else:
+            torch.testing.assert_close(shifted, fixed, rtol=1e-4, atol=1e-4)
+    with pytest.raises(UserError, match="cannot be combined"):
+        pipe.denoise(ref, pose, context_shift=True, cache_interval=2, **kwargs)
+
+
 def _reference_sampler(pipe, image, drawings, reference_drawing, steps, cfg, noise) -> torch.Tensor:
     """An independent single-window sampler: the whole video in one UNet call per half, guidance, DDIM steps."""
     ref = pipe.encode_reference(image)
@@ -353,7 +390,9 @@ def test_sampler_options_fit_the_motion_modules_one_way_for_every_caller() -> No
 
     from lmk2video.rendering import SamplerOptions
 
-    options = SamplerOptions(context_frames=16, context_overlap=12, steps=7, cfg=2.0)
+    options = SamplerOptions(
+        context_frames=16, context_overlap=12, steps=7, cfg=2.0, cfg_interval=(0.0, 1.0), cache_interval=1
+    )
     recommends = {"steps": 3, "cfg": 1.0}
     motion = SimpleNamespace(max_context_frames=8, sampling_defaults=recommends)
     fitted = options.fit(motion, strict=False)
@@ -387,6 +426,8 @@ def test_sampler_options_fit_the_motion_modules_one_way_for_every_caller() -> No
         ({"context_stride": 0}, "context_stride=0"),
         ({"context_weighting": "cubic"}, "cubic"),
         ({"pad_mode": "wrap"}, "pad_mode='wrap'"),
+        ({"context_shift": "yes"}, "context_shift='yes'"),
+        ({"context_shift": True, "cache_interval": 2}, "cannot be combined"),
     ],
 )
 def test_sampler_options_refuse_values_that_cannot_sample(changes, message) -> None:

@@ -4,6 +4,7 @@ denoiser describes, and usable through the pipeline with the same seeds."""
 from __future__ import annotations
 
 import inspect
+import logging
 
 import numpy as np
 import pytest
@@ -197,3 +198,36 @@ def test_sampler_options_from_a_hydra_config() -> None:
     )
     options = SamplerOptions.from_values(dict(cfg)).check()
     assert options.cfg_interval == (0.0, 0.5) and options.scheduler == "unipc" and options.cache_interval == 2
+
+
+def test_presets_fill_only_what_is_not_given_and_know_distilled_students(caplog) -> None:
+    from types import SimpleNamespace
+
+    from lmk2video.rendering import PRESETS, SamplerOptions
+
+    teacher = SimpleNamespace(
+        max_context_frames=16, sampling_defaults={"steps": 25, "cfg": 3.5}, config={"distilled": False}
+    )
+    student = SimpleNamespace(
+        max_context_frames=16, sampling_defaults={"steps": 4, "cfg": 1.0}, config={"distilled": True}
+    )
+
+    def fitted(pipe, **values):
+        o = SamplerOptions(**values).check().fit(pipe, strict=True)
+        return o.scheduler, o.steps, o.cfg, o.cfg_interval, o.cache_interval
+
+    # No preset and "quality": the model's own sampler and recommendation.
+    for preset in (None, "quality"):
+        assert fitted(teacher, preset=preset) == (None, 25, 3.5, (0.0, 1.0), 1)
+        assert fitted(student, preset=preset) == (None, 4, 1.0, (0.0, 1.0), 1)
+    assert fitted(teacher, preset="balanced") == ("dpmpp_2m", 10, 3.5, (0.0, 1.0), 1)
+    assert fitted(student, preset="balanced") == (None, 4, 1.0, (0.0, 1.0), 1)
+    with caplog.at_level(logging.WARNING):
+        assert fitted(teacher, preset="fastest") == ("dpmpp_2m", 10, 3.5, (0.0, 0.5), 1)
+    assert "not distilled" in caplog.text
+    assert fitted(student, preset="fastest") == (None, 4, 1.0, (0.0, 1.0), 1)
+    # What the user gives wins over the preset.
+    assert fitted(teacher, preset="fastest", steps=6, cfg_interval=[0, 1]) == ("dpmpp_2m", 6, 3.5, (0, 1), 1)
+    assert set(PRESETS) == {"quality", "balanced", "fastest"}
+    with pytest.raises(UserError, match="preset='turbo'"):
+        SamplerOptions(preset="turbo").check()
