@@ -67,6 +67,8 @@ class GenerateSettings:
     grid: bool = False
     dtype: str = "auto"
     device: str = "auto"
+    compile: bool = False
+    channels_last: bool = False
     pose_cache: str = "auto"
     face_model: str | None = None
     progress: bool = True
@@ -116,6 +118,9 @@ class GenerateSettings:
                     raise UserError(
                         f"{key}={value} must be a multiple of 8 pixels, e.g. {value // 8 * 8 or 8}"
                     )
+        for key in ("compile", "channels_last", "grid", "overwrite", "progress"):
+            if not isinstance(getattr(self, key), bool):
+                raise UserError(f"{key}={getattr(self, key)!r} must be true or false")
         if self.dtype not in ("auto", *DTYPES):
             raise UserError(f"dtype={self.dtype!r}; choose auto, {', '.join(DTYPES)}")
         return self
@@ -178,7 +183,7 @@ def generate(settings: GenerateSettings, audio_to_landmarks: AudioToLandmarks | 
     from common.video import VideoWriter
     from lmk2video.framing import prepare_sequence
     from lmk2video.pipeline import load_pipeline
-    from lmk2video.rendering import pose_cache_device, render, resolve_dtype
+    from lmk2video.rendering import pose_cache_device, render, resolve_dtype, speed_up
 
     settings.check()
     out = Path(settings.out)
@@ -203,6 +208,7 @@ def generate(settings: GenerateSettings, audio_to_landmarks: AudioToLandmarks | 
         audio_to_landmarks = audio2lmk_landmarks(settings)
 
     pipe = load_pipeline(settings.model, device=device, dtype=dtype)
+    speed_up(pipe, compile=settings.compile, channels_last=settings.channels_last)
     pipe.set_progress_bar_config(disable=not settings.progress, desc="denoising", unit="step")
     width = settings.width or pipe.config.width
     height = settings.height or pipe.config.height

@@ -231,3 +231,83 @@ def test_presets_fill_only_what_is_not_given_and_know_distilled_students(caplog)
     assert set(PRESETS) == {"quality", "balanced", "fastest"}
     with pytest.raises(UserError, match="preset='turbo'"):
         SamplerOptions(preset="turbo").check()
+
+
+def test_every_attention_runs_through_pytorch_sdpa(monkeypatch) -> None:
+    """Spatial, cross, reference and temporal attention all call ``scaled_dot_product_attention`` (the flash and
+    memory-efficient kernels on a GPU), once per attention layer; none computes scores by hand."""
+    import torch.nn.functional as F
+    from diffusers.models.attention_processor import Attention
+
+    from lmk2video.models.motion_module import TemporalSelfAttention
+
+    pipe = tiny_pipeline(motion=True)
+    image, drawings, reference = inputs(frames=4)
+    ref = pipe.encode_reference(image)
+    pose = pipe.encode_landmarks(drawings, reference)
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("attention scores computed by hand")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    monkeypatch.setattr(torch, "baddbmm", forbidden)
+    unet = pipe.denoising_unet
+    layers = sum(isinstance(m, Attention | TemporalSelfAttention) for m in unet.modules())
+    noise = pipe.prepare_noise(4, 64, 64, torch.Generator().manual_seed(0))
+    down, mid = pose.window(torch.arange(4), 2, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        unet(
+            noise.expand(2, -1, -1, -1, -1),
+            torch.tensor(500),
+            torch.cat([torch.zeros_like(ref.image_embeds), ref.image_embeds]),
+            reference_hidden_states=ref.bank,
+            down_block_res_samples=down,
+            mid_block_res_sample=mid,
+            reference_mask=torch.tensor([False, True]),
+        )
+    assert layers > 0 and len(calls) == layers
+
+
+def test_channels_last_and_compile_paths(monkeypatch) -> None:
+    """``channels_last`` converts the convolutional networks and gives the same video; ``compile`` compiles the
+    denoising UNet in place (its module type and weights stay; the compiled run itself is the slow test)."""
+    from lmk2video.models.denoising_unet import DenoisingUNet
+    from lmk2video.rendering import speed_up
+
+    pipe = tiny_pipeline(motion=True)
+    image, drawings, reference = inputs(frames=6)
+    ref = pipe.encode_reference(image)
+    pose = pipe.encode_landmarks(drawings, reference)
+    noise = pipe.prepare_noise(6, 64, 64, torch.Generator().manual_seed(3))
+    kwargs = {"num_inference_steps": 2, "latents": noise, "context_frames": 4, "context_overlap": 1}
+    base = pipe.denoise(ref, pose, **kwargs)
+    speed_up(pipe, channels_last=True)
+    assert pipe.denoising_unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert pipe.reference_unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(pipe.denoise(ref, pose, **kwargs), base, rtol=1e-4, atol=1e-4)
+    compiled = []
+    monkeypatch.setattr(DenoisingUNet, "compile", lambda self, *a, **k: compiled.append(self))
+    speed_up(pipe, compile=True)
+    assert compiled == [pipe.denoising_unet]
+
+
+@pytest.mark.slow
+def test_compiled_denoising_gives_the_same_video() -> None:
+    """torch.compile (inductor, on the CPU: minutes of compilation for the tiny model) changes no result."""
+    from lmk2video.rendering import speed_up
+
+    pipe = tiny_pipeline(motion=True)
+    image, drawings, reference = inputs(frames=6)
+    ref = pipe.encode_reference(image)
+    pose = pipe.encode_landmarks(drawings, reference)
+    noise = pipe.prepare_noise(6, 64, 64, torch.Generator().manual_seed(3))
+    kwargs = {"num_inference_steps": 2, "latents": noise, "context_frames": 4, "context_overlap": 1}
+    base = pipe.denoise(ref, pose, **kwargs)
+    speed_up(pipe, compile=True)
+    torch.testing.assert_close(pipe.denoise(ref, pose, **kwargs), base, rtol=1e-4, atol=1e-4)
