@@ -1,30 +1,41 @@
-"""Speed and memory of lmk2video generation (LandmarkVideoPipeline), at full SD1.5 shapes or tiny.
+"""What each generation setting costs and what it gives up: one table (``lmk2video.generate``'s samplers).
 
 Run from the project root::
 
-    python bench/bench_generate.py                       # GPU if available: full size, bf16
-    python bench/bench_generate.py --device cpu          # CPU: the tiny model's step time
-    python bench/bench_generate.py --device cpu --full-step   # + ONE full-size step (minutes, ~12 GB RAM)
+    python bench/bench_generate.py --flops-only --json OUT.json   # hardware-independent part only (a minute)
+    python bench/bench_generate.py                                 # + CPU time and quality (about an hour)
+    python bench/bench_generate.py --gpu                           # + frames/s and memory on a GPU
 
-Full size = the ``sd15`` model config with AnimateDiff v2 motion modules (``experiments/lmk2video/
-experiment/sd15_stage2.yaml``), randomly initialised (speed and memory do not depend on the weights),
-512x512, 25 DDIM steps, classifier-free guidance 3.5 (batched: 2 x 16 frames per UNet call), 16-frame
-windows overlapping by 4. It runs the real pipeline stages: reference encoding (VAE + CLIP + reference
-UNet), pose features of every frame, the windowed denoising loop, chunked VAE decoding.
+Settings (:data:`SETTINGS`): ``aniportrait`` (25 DDIM steps, CFG 3.5 on every step, 16-frame windows
+overlapping by 4), ``default`` (generate without options), the presets, DeepCache, and the distilled
+student (``fastest``: ``preset=fastest`` on a student, 4 LCM steps without guidance).
 
-Reported: seconds per stage, seconds per output frame and frames/s, the denoising UNet's FLOPs per window
-call (counted with ``torch.utils.flop_counter`` on the meta device, so no compute is spent counting), the
-FLOP rate reached during denoising, also as the brief's "SD1.5-equivalent" rate (0.67 TFLOP per frame per
-UNet forward at 512x512), and on a GPU the fraction of its dense bf16 peak (``--peak-tflops``, default
-989 for an H100 SXM) and the peak memory (``torch.cuda.max_memory_allocated``). On the CPU the peak memory
-is the process's maximum resident set size.
+Parts:
+
+* **FLOPs** (hardware-independent): the sampler of each setting runs on a tiny model with the real pipeline
+  code (:meth:`LandmarkVideoPipeline.denoise`), and every call of its denoising UNet is recorded (batch,
+  window frames, DeepCache reuse); each distinct call is then counted with ``torch.utils.flop_counter`` on the
+  full SD1.5-sized UNet with AnimateDiff motion modules and reference attention at 512x512, on the meta device
+  (no compute spent). ``denoiser_evals_per_frame``: UNet passes per output frame (a guided pass counts 2);
+  ``unet_tflops_per_frame``: their TFLOPs per output frame, for a ``--frames``-frame video.
+* **CPU time** (``--cpu-frames`` frames at the sample model's 64x64, every setting in one run, so the ratios
+  compare; seconds per generated frame, denoising included, reference and decoding too).
+* **Quality** (the evaluation harness, ``python -m lmk2video.benchmark``, on the sample model and its student,
+  held-out speaker KristiNoem, 3 excerpts of 64 frames): landmark distance (LMD, / inter-ocular), mouth-opening
+  correlation with the real clip, identity (dlib cosine to the reference), A/V confidence, and the PSNR of each
+  setting's video against the ``aniportrait`` one. Finished videos are kept under ``--out`` (resumable).
+* **GPU** (``--gpu``; needs CUDA): frames/s and peak memory at 512x512, bf16, SD1.5-sized random weights, for
+  ``aniportrait`` and ``fastest``, with and without ``torch.compile``, and the fraction of the GPU's dense bf16
+  peak (``--peak-tflops``) the denoising reached (counted FLOPs / time).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import resource
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,11 +50,29 @@ sys.path.insert(0, str(ROOT))
 
 from common.config import CONF_DIR, EXPERIMENTS_DIR  # noqa: E402
 from common.logs import quiet_libraries  # noqa: E402
-from lmk2video.building import build_pipeline  # noqa: E402
-from lmk2video.context import context_windows  # noqa: E402
-from lmk2video.pipeline import LandmarkVideoPipeline  # noqa: E402
+from lmk2video.rendering import SamplerOptions  # noqa: E402
 
-SD15_TFLOP_PER_FRAME = 0.67  # one SD1.5 UNet forward at 512x512 (64x64 latents), the brief's figure
+SAMPLE_MODEL = ROOT / "models" / "sample" / "lmk2video"
+SAMPLE_STUDENT = ROOT / "models" / "sample" / "lmk2video_student"
+
+# name -> (which model: the teacher or its distilled student, sampler options, what it is)
+SETTINGS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "aniportrait": (
+        "teacher",
+        {"scheduler": "ddim", "steps": 25, "cfg": 3.5, "cfg_interval": (0.0, 1.0), "cache_interval": 1},
+        "AniPortrait's: 25 DDIM steps, CFG 3.5 on every step",
+    ),
+    "default": ("teacher", {}, "generate without options (the model's own sampler and recommendation)"),
+    "balanced": ("teacher", {"preset": "balanced"}, "preset=balanced: DPM-Solver++, 10 steps"),
+    "fastest_undistilled": (
+        "teacher",
+        {"preset": "fastest"},
+        "preset=fastest on an undistilled model: DPM-Solver++ 10 steps, CFG on the first half",
+    ),
+    "deepcache": ("teacher", {"cache_interval": 2}, "25 DDIM steps, deep blocks every 2nd step"),
+    "fastest": ("student", {"preset": "fastest"}, "preset=fastest on the distilled student: its 4 LCM steps"),
+    "student_2_steps": ("student", {"steps": 2}, "the distilled student in 2 steps"),
+}
 
 
 def model_config(name: str) -> dict[str, Any]:
@@ -54,62 +83,19 @@ def model_config(name: str) -> dict[str, Any]:
     return OmegaConf.to_container(config, resolve=True)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def as_student(pipe: Any, steps: int = 4) -> Any:
+    """``pipe`` configured as a distilled student samples (LCM scheduler, its recommendation), weights as they are."""
+    from lmk2video.schedulers import make_scheduler
 
-
-def timed(device: torch.device, fn, *args, **kwargs) -> tuple[Any, float]:
-    sync(device)
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    sync(device)
-    return out, time.perf_counter() - start
-
-
-def unet_flops_per_call(config: dict[str, Any], frames: int, batch: int, size: int) -> int:
-    """FLOPs of one denoising-UNet call (batch x frames at size x size pixels, with reference attention,
-    the uncond half masked, pose residuals), counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from lmk2video.models.denoising_unet import DenoisingUNet, config_from_diffusers_unet
-    from lmk2video.models.reference_unet import ReferenceUNet
-
-    latent = size // 8
-    with torch.device("meta"):
-        unet = DenoisingUNet(
-            **config_from_diffusers_unet(config["unet"], source="bench"),
-            motion_module=config["motion_module"],
-        )
-        reference = ReferenceUNet(**config["unet"])
-        x = torch.zeros(batch, 4, frames, latent, latent)
-        context = torch.zeros(batch, 1, config["unet"]["cross_attention_dim"])
-        bank = reference.compute_reference_hidden_states(x[:1, :, 0], context[:1], 0)
-        mask = torch.tensor([False, True][:batch])
-        counter = FlopCounterMode(display=False)
-        with counter:
-            unet(x, 500, context, reference_hidden_states=bank, reference_mask=mask)
-    return int(counter.get_total_flops())
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def build(name: str, device: torch.device, dtype: torch.dtype) -> LandmarkVideoPipeline:
-    torch.manual_seed(0)
-    init_device = device if device.type == "cuda" else torch.device("cpu")
-    with torch.no_grad(), init_device:
-        pipe = build_pipeline(model_config(name))
-    pipe = pipe.to(device=device, dtype=dtype, silence_dtype_warnings=True)
-    pipe.set_progress_bar_config(disable=True)
+    scheduler = make_scheduler("lcm", pipe.scheduler.config, distilled=True)
+    pipe.register_modules(scheduler=scheduler)
+    pipe.register_to_config(distilled=True, sampling={"steps": steps, "cfg": 1.0})
+    pipe.__dict__.pop("_own_scheduler", None)
     return pipe
 
 
-def inputs(frames: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
+def synthetic_inputs(frames: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
     return (
         rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
         rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8),
@@ -117,158 +103,371 @@ def inputs(frames: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def run_generation(pipe, args, device: torch.device) -> dict[str, Any]:
-    """Every stage of one generation of ``args.frames`` frames, timed."""
-    size = pipe.config.width
-    image, drawings, reference_drawing = inputs(args.frames, size)
+def fitted(pipe: Any, values: dict[str, Any]) -> SamplerOptions:
+    return SamplerOptions(**values).check().fit(pipe, strict=True)
+
+
+def run_stream(pipe: Any, options: SamplerOptions, inputs: tuple[np.ndarray, ...], frames: int) -> None:
+    """Generate (and decode) the first ``frames`` drawings of ``inputs`` with ``options``."""
+    image, drawings, reference_drawing = inputs
     generator = torch.Generator().manual_seed(0)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    for _ in pipe.stream(
+        image, drawings[:frames], reference_drawing, generator=generator, **options.denoise_kwargs()
+    ):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------- FLOPs
+
+
+def unet_calls(kind: str, values: dict[str, Any], frames: int) -> tuple[list[tuple[int, int, bool]], Any]:
+    """Every denoising-UNet call of one ``frames``-frame generation with these options, run on the tiny model:
+    ``(batch, window frames, reused deep features)``; and the fitted options."""
+    from lmk2video.building import build_pipeline
+
+    torch.manual_seed(0)
+    pipe = build_pipeline(model_config("tiny"))
+    pipe.set_progress_bar_config(disable=True)
+    if kind == "student":
+        as_student(pipe)
+    options = fitted(pipe, values)
+    pipe.use_scheduler(options.scheduler)
+    calls: list[tuple[int, int, bool]] = []
+    unet = pipe.denoising_unet
+    stored: dict[str, Any] = {}
+
+    def before(module, args, kwargs):
+        cache = kwargs.get("deep_cache")
+        stored["features"] = None if cache is None else cache.features
+
+    def after(module, args, kwargs, output):
+        sample = args[0] if args else kwargs["sample"]
+        cache = kwargs.get("deep_cache")
+        reused = cache is not None and cache.features is not None and cache.features is stored["features"]
+        calls.append((int(sample.shape[0]), int(sample.shape[2]), bool(reused)))
+
+    hooks = [
+        unet.register_forward_pre_hook(before, with_kwargs=True),
+        unet.register_forward_hook(after, with_kwargs=True),
+    ]
+    image, drawings, reference_drawing = synthetic_inputs(frames, pipe.config.width)
     with torch.no_grad():
-        reference, t_reference = timed(device, pipe.encode_reference, image)
-        pose, t_pose = timed(device, pipe.encode_landmarks, drawings, reference_drawing)
-        latents, t_denoise = timed(
-            device,
-            pipe.denoise,
-            reference,
-            pose,
-            num_inference_steps=args.steps,
-            guidance_scale=args.cfg,
-            generator=generator,
-            context_frames=args.context_frames,
-            context_overlap=args.context_overlap,
+        reference = pipe.encode_reference(image)
+        pose = pipe.encode_landmarks(drawings, reference_drawing)
+        pipe.denoise(reference, pose, generator=torch.Generator().manual_seed(0), **options.denoise_kwargs())
+    for hook in hooks:
+        hook.remove()
+    return calls, options
+
+
+@functools.lru_cache(maxsize=1)
+def _meta_sd15() -> tuple[Any, Any, int]:
+    """The full-size denoising and reference UNets on the meta device (built once), and the context width."""
+    from lmk2video.models.denoising_unet import DenoisingUNet, config_from_diffusers_unet
+    from lmk2video.models.reference_unet import ReferenceUNet
+
+    config = model_config("sd15")
+    with torch.device("meta"):
+        unet = DenoisingUNet(
+            **config_from_diffusers_unet(config["unet"], source="bench"),
+            motion_module=config["motion_module"],
         )
-        _, t_decode = timed(device, lambda: list(pipe.decode(latents, args.decode_chunk)))
-    windows = len(context_windows(args.frames, args.context_frames, args.context_overlap))
-    total = t_reference + t_pose + t_denoise + t_decode
-    return {
-        "frames": args.frames,
-        "size": size,
-        "steps": args.steps,
-        "cfg": args.cfg,
-        "windows": windows,
-        "seconds": {
-            "reference": t_reference,
-            "pose_features": t_pose,
-            "denoise": t_denoise,
-            "decode": t_decode,
-            "total": total,
-        },
-        "seconds_per_step": t_denoise / args.steps,
-        "seconds_per_window_step": t_denoise / (args.steps * windows),
-        "seconds_per_frame": total / args.frames,
-        "frames_per_second": args.frames / total,
-        "peak_memory_gib": peak_memory_gib(device),
-    }
+        reference = ReferenceUNet(**config["unet"])
+    return unet, reference, int(config["unet"]["cross_attention_dim"])
 
 
-def flop_rates(
-    result: dict[str, Any], config: dict[str, Any], args, peak_tflops: float | None
-) -> dict[str, Any]:
-    batch = 2 if args.cfg > 1 else 1
-    per_call = unet_flops_per_call(config, args.context_frames, batch, result["size"])
-    calls = result["windows"] * args.steps
-    rate = per_call * calls / result["seconds"]["denoise"] / 1e12
-    out = {"unet_tflop_per_window_call": per_call / 1e12, "denoise_tflops_counted": rate}
-    if peak_tflops:
-        out["fraction_of_peak_counted"] = rate / peak_tflops
-    if args.model == "sd15":
-        equivalent = SD15_TFLOP_PER_FRAME * batch * args.context_frames * calls / result["seconds"]["denoise"]
-        out["denoise_tflops_sd15_equivalent"] = equivalent
-        if peak_tflops:
-            out["fraction_of_peak_sd15_equivalent"] = equivalent / peak_tflops
+def sd15_flops(batch: int, frames: int, reused: bool, size: int = 512) -> int:
+    """FLOPs of one full-size denoising-UNet call (SD1.5 + AnimateDiff v2 motion modules, reference attention;
+    the pose residuals are additions), counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lmk2video.models.denoising_unet import DeepCache
+
+    unet, reference, width = _meta_sd15()
+    latent = size // 8
+    with torch.device("meta"):
+        x = torch.zeros(batch, 4, frames, latent, latent)
+        context = torch.zeros(batch, 1, width)
+        bank = reference.compute_reference_hidden_states(x[:1, :, 0], context[:1], 0)
+        mask = torch.tensor([False, True]) if batch == 2 else None
+        cache = DeepCache()
+        kwargs = {"reference_hidden_states": bank, "reference_mask": mask, "deep_cache": cache}
+        if reused:
+            unet(x, 500, context, **kwargs)  # stores the deep features
+            cache.reuse = True
+        counter = FlopCounterMode(display=False)
+        with counter:
+            unet(x, 500, context, **kwargs)
+    return int(counter.get_total_flops())
+
+
+def flops_table(frames: int, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The hardware-independent columns of the settings ``names`` (``aniportrait`` is always among them)."""
+    costs: dict[tuple[int, int, bool], int] = {}
+    table = {}
+    for name in dict.fromkeys(["aniportrait", *names]):
+        kind, values, what = SETTINGS[name]
+        calls, options = unet_calls(kind, values, frames)
+        total = 0
+        for call in calls:
+            if call not in costs:
+                costs[call] = sd15_flops(*call)
+            total += costs[call]
+        table[name] = {
+            "what": what,
+            "model": kind,
+            "scheduler": options.scheduler or ("lcm (own)" if kind == "student" else "ddim (own)"),
+            "steps": options.steps,
+            "cfg": options.cfg,
+            "cfg_interval": list(options.cfg_interval),
+            "cache_interval": options.cache_interval,
+            "denoiser_evals_per_frame": sum(b * f for b, f, _ in calls) / frames,
+            "unet_calls": len(calls),
+            "unet_tflops_per_frame": total / frames / 1e12,
+        }
+    base = table["aniportrait"]["unet_tflops_per_frame"]
+    for row in table.values():
+        row["fewer_flops_than_aniportrait"] = base / row["unet_tflops_per_frame"]
+    return table
+
+
+# ----------------------------------------------------------------------------------------------- CPU time
+
+
+def cpu_times(frames: int, teacher: Path, student: Path | None, names: list[str]) -> dict[str, float]:
+    """Seconds per generated frame of each setting on the sample models, one after the other in this process."""
+    from lmk2video.pipeline import load_pipeline
+
+    pipes = {"teacher": load_pipeline(teacher)}
+    if student is not None:
+        pipes["student"] = load_pipeline(student)
+    out = {}
+    for name in names:
+        kind, values, _ = SETTINGS[name]
+        if kind not in pipes:
+            continue
+        pipe = pipes[kind]
+        pipe.set_progress_bar_config(disable=True)
+        options = fitted(pipe, values)
+        pipe.use_scheduler(options.scheduler)
+        inputs = synthetic_inputs(frames, pipe.config.width)
+        start = time.perf_counter()
+        run_stream(pipe, options, inputs, frames)
+        out[name] = (time.perf_counter() - start) / frames
+        print(f"cpu: {name}: {out[name]:.3f} s per frame", file=sys.stderr)
     return out
 
 
-def full_size_cpu_step(args) -> dict[str, Any]:
-    """ONE denoising step of ONE 16-frame window with CFG at full size, fp32, on the CPU (plus its inputs)."""
-    device = torch.device("cpu")
-    pipe, t_build = timed(device, build, "sd15", device, torch.float32)
-    image, drawings, reference_drawing = inputs(args.context_frames, pipe.config.width)
-    with torch.no_grad():
-        reference, t_reference = timed(device, pipe.encode_reference, image)
-        pose, t_pose = timed(device, pipe.encode_landmarks, drawings, reference_drawing)
-        _, t_step = timed(
-            device,
-            pipe.denoise,
-            reference,
-            pose,
-            num_inference_steps=1,
-            guidance_scale=args.cfg,
-            generator=torch.Generator().manual_seed(0),
-            context_frames=args.context_frames,
-        )
-    batch = 2 if args.cfg > 1 else 1
-    per_call = unet_flops_per_call(model_config("sd15"), args.context_frames, batch, pipe.config.width)
-    return {
-        "what": f"one step, one {args.context_frames}-frame window, CFG batch {batch}, 512x512, fp32",
-        "seconds": {
-            "build_random_init": t_build,
-            "reference": t_reference,
-            "pose_features": t_pose,
-            "step": t_step,
-        },
-        "unet_tflop_per_window_call": per_call / 1e12,
-        "tflops": per_call / t_step / 1e12,
-        "peak_rss_gib": peak_memory_gib(device),
-    }
+# ----------------------------------------------------------------------------------------------- quality
+
+
+def overrides(values: dict[str, Any]) -> list[str]:
+    out = []
+    for key, value in values.items():
+        if isinstance(value, tuple | list):
+            value = "[" + ",".join(str(v) for v in value) + "]"
+        out.append(f"{key}={value}")
+    return out
+
+
+def quality(
+    out: Path, teacher: Path, student: Path | None, frames: int, clips: int, names: list[str]
+) -> dict[str, dict]:
+    """The evaluation harness on every setting (resumable: finished videos are kept)."""
+    from common.video import read_frames
+
+    models = {"teacher": teacher, "student": student}
+    results: dict[str, dict] = {}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in names:
+        kind, values, _ = SETTINGS[name]
+        if models[kind] is None:
+            continue
+        folder = out / name
+        command = [
+            sys.executable, "-m", "lmk2video.benchmark", f"model={models[kind]}", f"out={folder}",
+            f"frames={frames}", f"max_clips={clips}", "overwrite=true", *overrides(values),
+        ]  # fmt: skip
+        print(f"quality: {name}: {' '.join(command[2:])}", file=sys.stderr)
+        subprocess.run(command, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        report = json.loads((folder / "report.json").read_text())["systems"]["ours"]["summary"]
+        results[name] = {
+            key: report[key]["mean"]
+            for key in ("lmd_face", "lmd_mouth", "mouth_corr", "identity_cosine", "av_confidence", "psnr")
+            if key in report and report[key].get("mean") is not None
+        }
+    base = out / "aniportrait" / "systems" / "ours"
+    for name in results:
+        psnrs = []
+        for video in sorted((out / name / "systems" / "ours").glob("*.mp4")):
+            a = read_frames(video).astype(np.float64)
+            b = read_frames(base / video.name).astype(np.float64)
+            mse = ((a - b) ** 2).mean()
+            psnrs.append(100.0 if mse == 0 else 10 * np.log10(255**2 / mse))
+        results[name]["psnr_vs_aniportrait"] = float(np.mean(psnrs))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- GPU
+
+
+def device_runs(
+    flops: dict[str, dict],
+    *,
+    device: str = "cuda",
+    model: str = "sd15",
+    dtype: torch.dtype = torch.bfloat16,
+    frames: int = 64,
+    peak_tflops: float | None = None,
+    compile_modes: tuple[bool, ...] = (False, True),
+) -> dict[str, dict]:
+    """frames/s and peak memory of ``aniportrait`` and ``fastest`` (random weights of the ``model`` config,
+    channels-last), with and without ``torch.compile``; on a GPU also the fraction of ``peak_tflops`` reached."""
+    from lmk2video.building import build_pipeline
+    from lmk2video.rendering import speed_up
+
+    target = torch.device(device)
+    cuda = target.type == "cuda"
+    out = {}
+    for compiled in compile_modes:
+        for name in ("aniportrait", "fastest"):
+            kind, values, _ = SETTINGS[name]
+            torch.manual_seed(0)
+            with torch.no_grad(), target:
+                pipe = build_pipeline(model_config(model))
+            pipe = pipe.to(device=target, dtype=dtype, silence_dtype_warnings=True)
+            pipe.set_progress_bar_config(disable=True)
+            if kind == "student":
+                as_student(pipe)
+            speed_up(pipe, compile=compiled, channels_last=True)
+            options = fitted(pipe, values)
+            pipe.use_scheduler(options.scheduler)
+            inputs = synthetic_inputs(frames, pipe.config.width)
+            run_stream(
+                pipe, options, inputs, min(frames, options.context_frames)
+            )  # warm-up (and compilation)
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            run_stream(pipe, options, inputs, frames)
+            if cuda:
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            row = {"frames_per_second": frames / seconds}
+            if cuda:
+                row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            if model == "sd15":
+                counted = flops[name]["unet_tflops_per_frame"] * frames / seconds
+                row["unet_tflops_per_second"] = counted
+                if peak_tflops:
+                    row["fraction_of_peak"] = counted / peak_tflops
+            out[f"{name}{'_compiled' if compiled else ''}"] = row
+            del pipe
+            if cuda:
+                torch.cuda.empty_cache()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- table
+
+
+def table(results: dict[str, Any]) -> str:
+    flops, cpu, qual = results["flops"], results.get("cpu_seconds_per_frame", {}), results.get("quality", {})
+    gpu = results.get("gpu", {})
+    head = ["setting", "UNet evals/frame", "UNet TFLOPs/frame", "x fewer FLOPs", "CPU s/frame", "CPU speed-up",
+            "LMD face", "mouth r", "identity", "A/V conf", "PSNR vs aniportrait", "GPU fps (compiled)"]  # fmt: skip
+    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+    def num(value: Any, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    for name, row in flops.items():
+        q = qual.get(name, {})
+        fps = gpu.get(name, {}).get("frames_per_second")
+        fps_c = gpu.get(f"{name}_compiled", {}).get("frames_per_second")
+        cells = [
+            name,
+            num(row["denoiser_evals_per_frame"], ".1f"),
+            num(row["unet_tflops_per_frame"], ".1f"),
+            num(row["fewer_flops_than_aniportrait"], ".1f"),
+            num(cpu.get(name), ".3f"),
+            num(cpu["aniportrait"] / cpu[name] if name in cpu and "aniportrait" in cpu else None, ".2f"),
+            num(q.get("lmd_face"), ".4f"),
+            num(q.get("mouth_corr"), ".2f"),
+            num(q.get("identity_cosine"), ".3f"),
+            num(q.get("av_confidence"), ".3f"),
+            num(q.get("psnr_vs_aniportrait"), ".1f"),
+            "-" if fps is None else f"{fps:.1f} ({num(fps_c, '.1f')})",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto", help="auto | cuda | cpu")
-    parser.add_argument("--model", default=None, help="sd15 | tiny (default: sd15 on GPU, tiny on CPU)")
-    parser.add_argument(
-        "--dtype", default=None, help="bf16 | fp16 | fp32 (default: bf16 on GPU, fp32 on CPU)"
-    )
-    parser.add_argument("--frames", type=int, default=None, help="frames generated (default 64 GPU, 48 CPU)")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--cfg", type=float, default=3.5)
-    parser.add_argument("--context-frames", type=int, default=16)
-    parser.add_argument("--context-overlap", type=int, default=4)
-    parser.add_argument("--decode-chunk", type=int, default=4)
-    parser.add_argument(
-        "--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100 SXM: 989)"
-    )
-    parser.add_argument("--full-step", action="store_true", help="CPU: also time one full-size step")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--flops-only", action="store_true", help="only the hardware-independent part")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--frames", type=int, default=120, help="video length of the FLOP count (4 s at 30 fps)"
+    )
+    parser.add_argument("--cpu-frames", type=int, default=48, help="frames of each CPU timing")
+    parser.add_argument(
+        "--teacher", type=Path, default=SAMPLE_MODEL, help="the model of CPU time and quality"
+    )
+    parser.add_argument(
+        "--student",
+        type=Path,
+        default=SAMPLE_STUDENT,
+        help="its distilled student (rows skipped when absent)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "outputs" / "bench_generate", help="quality videos"
+    )
+    parser.add_argument("--quality-frames", type=int, default=64)
+    parser.add_argument("--quality-clips", type=int, default=3)
+    parser.add_argument("--no-quality", action="store_true", help="skip the evaluation harness")
+    parser.add_argument("--gpu", action="store_true", help="also frames/s and memory on a CUDA GPU")
+    parser.add_argument("--gpu-frames", type=int, default=64)
+    parser.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100: 989)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}"
+    )
     args = parser.parse_args()
     quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
-    on_gpu = device.type == "cuda"
-    args.model = args.model or ("sd15" if on_gpu else "tiny")
-    args.frames = args.frames or (64 if on_gpu else 48)
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    dtype = dtypes[args.dtype or ("bf16" if on_gpu else "fp32")]
-
-    results: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device)
-        if on_gpu
-        else f"cpu ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "model": args.model,
-        "dtype": str(dtype).replace("torch.", ""),
-    }
-    pipe = build(args.model, device, dtype)
-    warm = argparse.Namespace(**{**vars(args), "frames": min(args.frames, args.context_frames), "steps": 1})
-    run_generation(pipe, warm, device)  # warm-up: kernels, allocator, autotuning
-    results["generation"] = run_generation(pipe, args, device)
-    results["generation"].update(
-        flop_rates(
-            results["generation"], model_config(args.model), args, args.peak_tflops if on_gpu else None
-        )
-    )
-    del pipe
-    if args.full_step and not on_gpu:
-        results["full_size_cpu_step"] = full_size_cpu_step(args)
-    print(json.dumps(results, indent=2))
+    names = ["aniportrait", *(n for n in args.settings.split(",") if n and n != "aniportrait")]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    student = args.student if (args.student / "model_index.json").is_file() else None
+    results: dict[str, Any] = {"torch": torch.__version__, "frames": args.frames}
+    results["settings"] = flops_table(args.frames, names)
+    results["flops"] = results["settings"]
+    if not args.flops_only:
+        results["cpu_threads"] = torch.get_num_threads()
+        results["cpu_seconds_per_frame"] = cpu_times(args.cpu_frames, args.teacher, student, names)
+        if not args.no_quality:
+            results["quality"] = quality(
+                args.out, args.teacher, student, args.quality_frames, args.quality_clips
+            )
+        if args.gpu:
+            if not torch.cuda.is_available():
+                raise SystemExit("--gpu needs a CUDA device")
+            results["gpu_device"] = torch.cuda.get_device_name()
+            results["gpu"] = device_runs(
+                results["settings"], frames=args.gpu_frames, peak_tflops=args.peak_tflops
+            )
+    print(table(results))
+    if student is None and not args.flops_only:
+        print(f"\n(no student at {args.student}: its rows have FLOPs only)")
     if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        payload = {k: v for k, v in results.items() if k != "flops"}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -167,6 +167,23 @@ class SamplerOptions:
         filled["cfg_interval"] = tuple(filled["cfg_interval"])
         return dataclasses.replace(self, **filled)
 
+    def denoise_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :meth:`LandmarkVideoPipeline.denoise` for these (fitted) options; the
+        sampler itself is chosen with ``pipe.use_scheduler(self.scheduler)``."""
+        if self.steps is None or self.cfg is None or self.cfg_interval is None or self.cache_interval is None:
+            raise ValueError("fit the options to a model first (SamplerOptions.fit)")
+        return {
+            "num_inference_steps": self.steps,
+            "guidance_scale": float(self.cfg),
+            "context_frames": self.context_frames,
+            "context_overlap": self.context_overlap,
+            "context_stride": self.context_stride,
+            "context_weighting": self.context_weighting,
+            "cfg_interval": tuple(self.cfg_interval),
+            "cache_interval": self.cache_interval,
+            "context_shift": self.context_shift,
+        }
+
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> SamplerOptions:
         """The options among ``values`` (other keys are ignored; missing ones keep their defaults)."""
@@ -244,18 +261,10 @@ def render(
         framed,
         drawings,
         reference_drawing,
-        num_inference_steps=options.steps,
-        guidance_scale=float(options.cfg),
         generator=generator,
-        context_frames=options.context_frames,
-        context_overlap=options.context_overlap,
-        context_stride=options.context_stride,
-        context_weighting=options.context_weighting,
         decode_chunk=options.decode_chunk,
         pose_cache_device=pose_cache_device,
-        cfg_interval=tuple(options.cfg_interval),
-        cache_interval=options.cache_interval,
-        context_shift=options.context_shift,
+        **options.denoise_kwargs(),
     )
     return Rendering(framed=framed, framing=framing, drawings=drawings, frames=frames)
 
