@@ -275,15 +275,24 @@ def quality(
 ) -> dict[str, dict]:
     """The evaluation harness on every setting (resumable: finished videos are kept)."""
     from common.video import read_frames
+    from lmk2video.pipeline import LandmarkVideoPipeline
 
     models = {"teacher": teacher, "student": student}
+    pipes = {kind: LandmarkVideoPipeline.from_pretrained(path) for kind, path in models.items() if path}
     results: dict[str, dict] = {}
+    done: dict[tuple, str] = {}  # (model, fitted options) -> the setting that rendered them
+    folders: dict[str, Path] = {}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for name in names:
         kind, values, _ = SETTINGS[name]
         if models[kind] is None:
             continue
-        folder = out / name
+        key = (kind, tuple(sorted(vars(fitted(pipes[kind], values)).items())))
+        if key in done:  # the same sampling as an earlier setting: the same videos
+            results[name], folders[name] = dict(results[done[key]]), folders[done[key]]
+            continue
+        done[key] = name
+        folder = folders[name] = out / name
         command = [
             sys.executable, "-m", "lmk2video.benchmark", f"model={models[kind]}", f"out={folder}",
             f"frames={frames}", f"max_clips={clips}", "overwrite=true", *overrides(values),
@@ -296,10 +305,10 @@ def quality(
             for key in ("lmd_face", "lmd_mouth", "mouth_corr", "identity_cosine", "av_confidence", "psnr")
             if key in report and report[key].get("mean") is not None
         }
-    base = out / "aniportrait" / "systems" / "ours"
+    base = folders["aniportrait"] / "systems" / "ours"
     for name in results:
         psnrs = []
-        for video in sorted((out / name / "systems" / "ours").glob("*.mp4")):
+        for video in sorted((folders[name] / "systems" / "ours").glob("*.mp4")):
             a = read_frames(video).astype(np.float64)
             b = read_frames(base / video.name).astype(np.float64)
             mse = ((a - b) ** 2).mean()

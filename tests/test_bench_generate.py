@@ -63,3 +63,16 @@ def test_cpu_times_and_the_device_routine_run_on_the_tiny_model(tmp_path) -> Non
             for name, row in flops.items()}  # fmt: skip
     text = bench.table({"flops": rows, "cpu_seconds_per_frame": times, "gpu": runs})
     assert text.count("\n") == len(names) + 1 and "| fastest | 1.0 |" in text
+
+
+def test_window_bench_borders_and_costs() -> None:
+    from bench import bench_windows
+
+    # 40 frames, windows 16/4: [0,16) [12,28) [24,40): borders next to 11|12, 15|16, 23|24, 27|28.
+    assert bench_windows.border_frames(40, 4).tolist() == [11, 12, 15, 16, 23, 24, 27, 28]
+    assert bench_windows.border_frames(16, 4).tolist() == []
+    assert bench_windows.passes_per_frame(40, 4, False, 10) == 48 / 40
+    assert bench_windows.passes_per_frame(40, 0, False, 10) == 48 / 40  # [0,16) [16,32) [24,40)
+    assert bench_windows.passes_per_frame(64, 0, False, 10) == 1.0
+    # Shifted grids add a window on most steps.
+    assert 1.0 < bench_windows.passes_per_frame(64, 4, True, 10) < 1.6

@@ -29,14 +29,22 @@ REFERENCE_METRICS = (
 )
 
 
+def jitter_per_frame(track: FaceTrack) -> np.ndarray:
+    """(T,) mean second difference of the landmarks centred on each frame, normalised by the inter-ocular
+    distance; NaN at the first and last frame and where one of the three frames shows no face."""
+    p = track.points
+    out = np.full(len(p), np.nan)
+    if len(p) >= 3:
+        second = p[2:] - 2 * p[1:-1] + p[:-2]
+        out[1:-1] = np.linalg.norm(second, axis=-1).mean(axis=-1) / track.inter_ocular()[1:-1]
+    return out
+
+
 def jitter(track: FaceTrack) -> tuple[float | None, str | None]:
     """Mean second difference of the landmarks over consecutive triples of frames with a face."""
-    p = track.points
-    if len(p) < 3:
+    if len(track.points) < 3:
         return None, "fewer than 3 frames"
-    second = p[2:] - 2 * p[1:-1] + p[:-2]
-    scale = track.inter_ocular()[1:-1]
-    per_frame = np.linalg.norm(second, axis=-1).mean(axis=-1) / scale
+    per_frame = jitter_per_frame(track)
     per_frame = per_frame[np.isfinite(per_frame)]
     if not len(per_frame):
         return None, "no three consecutive frames with a face"
