@@ -236,6 +236,30 @@ class DistillationModule(LandmarkVideoModule):
     def enable_gradient_checkpointing(self) -> None:
         self.denoising_unet.enable_gradient_checkpointing()
 
+    @torch.no_grad()
+    def teacher_fingerprint(self) -> float:
+        """A number that identifies the teacher's weights (the sum of all of them, in float64)."""
+        return float(sum(p.double().sum() for p in self.teacher_unet.parameters()))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the teacher out (it is loaded from ``teacher=`` on resume) but note which it was."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["distill_teacher_fingerprint"] = self.teacher_fingerprint()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("distill_teacher_fingerprint")
+        if saved is None:
+            raise UserError(
+                "the checkpoint is not a distillation checkpoint; resume with the stage it was trained with"
+            )
+        now = self.teacher_fingerprint()
+        if abs(saved - now) > 1e-9 * max(1.0, abs(saved)):
+            raise UserError(
+                "the checkpoint was distilled from another teacher than teacher= (its weights differ); resume "
+                "with the teacher folder it started from"
+            )
+
     def export(self, out: str | Path, overwrite: bool = False) -> Path:
         """The student's model folder (EMA weights when EMA is on, LoRA merged), with its own scheduler."""
         from lmk2video.building import write_model_folder

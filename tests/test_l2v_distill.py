@@ -259,6 +259,17 @@ def test_tiny_distill_exports_a_student_and_resumes_exactly(index, teacher, tmp_
     b = LandmarkVideoPipeline.from_pretrained(tmp_path / "b.export")
     for key, value in pipe.denoising_unet.state_dict().items():
         torch.testing.assert_close(b.denoising_unet.state_dict()[key], value, rtol=1e-5, atol=1e-7)
+    # Resuming with another teacher is refused.
+    other = tmp_path / "other_teacher"
+    tiny_pipeline(motion=True, seed=7).save_pretrained(other)
+    overrides = [
+        o if not o.startswith("teacher=") else f"teacher={other}" for o in distill_overrides(index, teacher)
+    ]
+    with (
+        composed([*overrides, f"ckpt_path={checkpoint}"], tmp_path / "c") as cfg,
+        pytest.raises(UserError, match="another teacher"),
+    ):
+        run(cfg)
 
 
 def test_generate_samples_a_student_with_its_own_scheduler_and_steps(
