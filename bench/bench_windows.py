@@ -6,8 +6,8 @@ Run from the project root (a model whose windows interact: one with motion modul
 
     python bench/bench_windows.py --model models/sample_motion --json outputs/bench_windows.json
 
-Settings: 16-frame windows overlapping by 0, 2 or 4 frames (uniform averaging, AniPortrait's), and overlap 4
-with ``context_weighting=pyramid``, with ``context_shift=true``, and with both. Every setting samples with the
+Settings: 16-frame windows overlapping by 0, 2 or 4 frames (uniform averaging, AniPortrait's), overlap 4
+with ``context_weighting=pyramid``, with ``context_shift=true``, and with both, and overlap 0 shifted. Every setting samples with the
 same sampler (``--preset``, default ``balanced``: 10 DPM-Solver++ steps, CFG 3.5) on the held-out test set of
 ``python -m lmk2video.benchmark`` (KristiNoem, ``--clips`` excerpts of ``--frames`` frames), which scores
 each (landmark distance, mouth-opening correlation, identity, jitter). Then, on each generated video, the
@@ -44,6 +44,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "overlap4_pyramid": {"context_overlap": 4, "context_weighting": "pyramid"},
     "overlap4_shift": {"context_overlap": 4, "context_shift": True},
     "overlap4_pyramid_shift": {"context_overlap": 4, "context_weighting": "pyramid", "context_shift": True},
+    "overlap0_shift": {"context_overlap": 0, "context_shift": True},
 }
 
 
