@@ -295,7 +295,7 @@ def quality(
         folder = folders[name] = out / name
         command = [
             sys.executable, "-m", "lmk2video.benchmark", f"model={models[kind]}", f"out={folder}",
-            f"frames={frames}", f"max_clips={clips}", "overwrite=true", *overrides(values),
+            f"frames={frames}", f"max_clips={clips}", *overrides(values),
         ]  # fmt: skip
         print(f"quality: {name}: {' '.join(command[2:])}", file=sys.stderr)
         subprocess.run(command, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)

@@ -111,7 +111,7 @@ def main() -> None:
             folder = args.out / name
             command = [
                 sys.executable, "-m", "lmk2video.benchmark", f"model={args.model}", f"out={folder}",
-                f"frames={args.frames}", f"max_clips={args.clips}", f"preset={args.preset}", "overwrite=true",
+                f"frames={args.frames}", f"max_clips={args.clips}", f"preset={args.preset}",
                 f"context_frames={CONTEXT_FRAMES}", *(f"{k}={str(v).lower()}" for k, v in values.items()),
             ]  # fmt: skip
             print(f"{name}: {' '.join(command[2:])}", file=sys.stderr)
