@@ -274,7 +274,7 @@ def quality(
     out: Path, teacher: Path, student: Path | None, frames: int, clips: int, names: list[str]
 ) -> dict[str, dict]:
     """The evaluation harness on every setting (resumable: finished videos are kept)."""
-    from common.video import read_frames
+    from common.video import iter_frames
     from lmk2video.pipeline import LandmarkVideoPipeline
 
     models = {"teacher": teacher, "student": student}
@@ -309,8 +309,8 @@ def quality(
     for name in results:
         psnrs = []
         for video in sorted((folders[name] / "systems" / "ours").glob("*.mp4")):
-            a = read_frames(video).astype(np.float64)
-            b = read_frames(base / video.name).astype(np.float64)
+            a = np.stack([f for _, f in iter_frames(video)]).astype(np.float64)
+            b = np.stack([f for _, f in iter_frames(base / video.name)]).astype(np.float64)
             mse = ((a - b) ** 2).mean()
             psnrs.append(100.0 if mse == 0 else 10 * np.log10(255**2 / mse))
         results[name]["psnr_vs_aniportrait"] = float(np.mean(psnrs))
