@@ -70,6 +70,11 @@ SETTINGS: dict[str, tuple[str, dict[str, Any], str]] = {
         "preset=fastest on an undistilled model: DPM-Solver++ 10 steps, CFG on the first half",
     ),
     "deepcache": ("teacher", {"cache_interval": 2}, "25 DDIM steps, deep blocks every 2nd step"),
+    "teacher_lcm_4": (
+        "teacher",
+        {"scheduler": "lcm", "steps": 4, "cfg": 1.0},
+        "the undistilled model sampled as the student is (LCM, 4 steps, no guidance): where distillation starts",
+    ),
     "fastest": ("student", {"preset": "fastest"}, "preset=fastest on the distilled student: its 4 LCM steps"),
     "student_2_steps": ("student", {"steps": 2}, "the distilled student in 2 steps"),
 }
