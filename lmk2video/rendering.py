@@ -79,7 +79,7 @@ class SamplerOptions:
     context_frames: int = 16
     context_overlap: int = 4
     context_stride: int = 1
-    context_weighting: str = "uniform"
+    context_weighting: str = "pyramid"
     decode_chunk: int = 4
     pad_mode: str = "replicate"
     scheduler: str | None = None

@@ -229,6 +229,13 @@ def test_presets_fill_only_what_is_not_given_and_know_distilled_students(caplog)
     # What the user gives wins over the preset.
     assert fitted(teacher, preset="fastest", steps=6, cfg_interval=[0, 1]) == ("dpmpp_2m", 6, 3.5, (0, 1), 1)
     assert set(PRESETS) == {"quality", "balanced", "fastest"}
+    # Windows: 16 frames overlapping by 4, averaged with pyramid weights (measured better than uniform).
+    defaults = SamplerOptions()
+    assert (defaults.context_frames, defaults.context_overlap, defaults.context_weighting) == (
+        16,
+        4,
+        "pyramid",
+    )
     with pytest.raises(UserError, match="preset='turbo'"):
         SamplerOptions(preset="turbo").check()
 
