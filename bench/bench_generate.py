@@ -441,6 +441,7 @@ def main() -> None:
     parser.add_argument("--quality-frames", type=int, default=64)
     parser.add_argument("--quality-clips", type=int, default=3)
     parser.add_argument("--no-quality", action="store_true", help="skip the evaluation harness")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU timing")
     parser.add_argument("--gpu", action="store_true", help="also frames/s and memory on a CUDA GPU")
     parser.add_argument("--gpu-frames", type=int, default=64)
     parser.add_argument(
@@ -463,11 +464,12 @@ def main() -> None:
     results["settings"] = flops_table(args.frames, names)
     results["flops"] = results["settings"]
     if not args.flops_only:
-        results["cpu_threads"] = torch.get_num_threads()
-        results["cpu_seconds_per_frame"] = cpu_times(args.cpu_frames, args.teacher, student, names)
+        if not args.no_cpu:
+            results["cpu_threads"] = torch.get_num_threads()
+            results["cpu_seconds_per_frame"] = cpu_times(args.cpu_frames, args.teacher, student, names)
         if not args.no_quality:
             results["quality"] = quality(
-                args.out, args.teacher, student, args.quality_frames, args.quality_clips
+                args.out, args.teacher, student, args.quality_frames, args.quality_clips, names
             )
         if args.gpu:
             if not torch.cuda.is_available():
