@@ -32,6 +32,7 @@ Parts:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -281,6 +282,7 @@ def quality(
     """The evaluation harness on every setting (resumable: finished videos are kept)."""
     from common.video import iter_frames
     from lmk2video.pipeline import LandmarkVideoPipeline
+    from lmk2video.schedulers import SCHEDULERS
 
     models = {"teacher": teacher, "student": student}
     pipes = {kind: LandmarkVideoPipeline.from_pretrained(path) for kind, path in models.items() if path}
@@ -292,7 +294,14 @@ def quality(
         kind, values, _ = SETTINGS[name]
         if models[kind] is None:
             continue
-        key = (kind, tuple(sorted(vars(fitted(pipes[kind], values)).items())))
+        options = fitted(pipes[kind], values)
+        if options.scheduler is None:  # the model's own sampler: name it, so that "ddim" and "own DDIM" match
+            own = type(pipes[kind].scheduler).__name__
+            options = dataclasses.replace(
+                options,
+                scheduler=next((n for n, (c, extra) in SCHEDULERS.items() if c == own and not extra), own),
+            )
+        key = (kind, tuple(sorted(vars(options).items())))
         if key in done:  # the same sampling as an earlier setting: the same videos
             results[name], folders[name] = dict(results[done[key]]), folders[done[key]]
             continue
