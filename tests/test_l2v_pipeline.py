@@ -353,7 +353,9 @@ def test_seeded_generation_is_reproducible_and_yields_one_frame_per_drawing() ->
     assert np.array_equal(video, np.concatenate(again))
     assert not np.array_equal(video, np.concatenate(other))
     generator = torch.Generator().manual_seed(5)
-    kwargs = {"num_inference_steps": 2, "context_frames": 4, "context_overlap": 2}
+    # __call__ is the stream collected (same decode chunks: VAE batches of another size may round a pixel
+    # differently).
+    kwargs = {"num_inference_steps": 2, "context_frames": 4, "context_overlap": 2, "decode_chunk": 3}
     whole = pipe(image, drawings, reference, generator=generator, **kwargs).frames
     assert np.array_equal(whole, video)
 
