@@ -281,23 +281,29 @@ def test_every_attention_runs_through_pytorch_sdpa(monkeypatch) -> None:
     assert layers > 0 and len(calls) == layers
 
 
-def test_channels_last_and_compile_paths(monkeypatch) -> None:
-    """``channels_last`` converts the convolutional networks and gives the same video; ``compile`` compiles the
-    denoising UNet in place (its module type and weights stay; the compiled run itself is the slow test)."""
-    from lmk2video.models.denoising_unet import DenoisingUNet
-    from lmk2video.rendering import speed_up
-
+def _windowed_denoising():
+    """A tiny motion pipeline and a function denoising 6 frames with it in overlapping windows (same noise)."""
     pipe = tiny_pipeline(motion=True)
     image, drawings, reference = inputs(frames=6)
     ref = pipe.encode_reference(image)
     pose = pipe.encode_landmarks(drawings, reference)
     noise = pipe.prepare_noise(6, 64, 64, torch.Generator().manual_seed(3))
     kwargs = {"num_inference_steps": 2, "latents": noise, "context_frames": 4, "context_overlap": 1}
-    base = pipe.denoise(ref, pose, **kwargs)
+    return pipe, lambda: pipe.denoise(ref, pose, **kwargs)
+
+
+def test_channels_last_and_compile_paths(monkeypatch) -> None:
+    """``channels_last`` converts the convolutional networks and gives the same video; ``compile`` compiles the
+    denoising UNet in place (its module type and weights stay; the compiled run itself is the slow test)."""
+    from lmk2video.models.denoising_unet import DenoisingUNet
+    from lmk2video.rendering import speed_up
+
+    pipe, run = _windowed_denoising()
+    base = run()
     speed_up(pipe, channels_last=True)
     assert pipe.denoising_unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert pipe.reference_unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(pipe.denoise(ref, pose, **kwargs), base, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(run(), base, rtol=1e-4, atol=1e-4)
     compiled = []
     monkeypatch.setattr(DenoisingUNet, "compile", lambda self, *a, **k: compiled.append(self))
     speed_up(pipe, compile=True)
@@ -309,12 +315,7 @@ def test_compiled_denoising_gives_the_same_video() -> None:
     """torch.compile (inductor, on the CPU: minutes of compilation for the tiny model) changes no result."""
     from lmk2video.rendering import speed_up
 
-    pipe = tiny_pipeline(motion=True)
-    image, drawings, reference = inputs(frames=6)
-    ref = pipe.encode_reference(image)
-    pose = pipe.encode_landmarks(drawings, reference)
-    noise = pipe.prepare_noise(6, 64, 64, torch.Generator().manual_seed(3))
-    kwargs = {"num_inference_steps": 2, "latents": noise, "context_frames": 4, "context_overlap": 1}
-    base = pipe.denoise(ref, pose, **kwargs)
+    pipe, run = _windowed_denoising()
+    base = run()
     speed_up(pipe, compile=True)
-    torch.testing.assert_close(pipe.denoise(ref, pose, **kwargs), base, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(run(), base, rtol=1e-4, atol=1e-4)
