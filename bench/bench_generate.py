@@ -96,7 +96,6 @@ def as_student(pipe: Any, steps: int = 4) -> Any:
     scheduler = make_scheduler("lcm", pipe.scheduler.config, distilled=True)
     pipe.register_modules(scheduler=scheduler)
     pipe.register_to_config(distilled=True, sampling={"steps": steps, "cfg": 1.0})
-    pipe.__dict__.pop("_own_scheduler", None)
     return pipe
 
 
@@ -280,7 +279,6 @@ def quality(
     out: Path, teacher: Path, student: Path | None, frames: int, clips: int, names: list[str]
 ) -> dict[str, dict]:
     """The evaluation harness on every setting (resumable: finished videos are kept)."""
-    from common.video import iter_frames
     from lmk2video.pipeline import LandmarkVideoPipeline
     from lmk2video.schedulers import SCHEDULERS
 
@@ -319,16 +317,23 @@ def quality(
             for key in ("lmd_face", "lmd_mouth", "mouth_corr", "identity_cosine", "av_confidence", "psnr")
             if key in report and report[key].get("mean") is not None
         }
-    base = folders["aniportrait"] / "systems" / "ours"
     for name in results:
-        psnrs = []
-        for video in sorted((folders[name] / "systems" / "ours").glob("*.mp4")):
-            a = np.stack([f for _, f in iter_frames(video)]).astype(np.float64)
-            b = np.stack([f for _, f in iter_frames(base / video.name)]).astype(np.float64)
-            mse = ((a - b) ** 2).mean()
-            psnrs.append(100.0 if mse == 0 else 10 * np.log10(255**2 / mse))
-        results[name]["psnr_vs_aniportrait"] = float(np.mean(psnrs))
+        results[name]["psnr_vs_aniportrait"] = psnr_against(folders[name], folders["aniportrait"])
     return results
+
+
+def psnr_against(folder: Path, base: Path) -> float:
+    """Mean per-frame PSNR (the evaluation's :func:`common.evaluation.pixels.psnr`) of a benchmark output's
+    videos against those of the same excerpts in ``base``."""
+    from common.evaluation.media import read_clip
+    from common.evaluation.pixels import psnr
+
+    values = []
+    for video in sorted((folder / "systems" / "ours").glob("*.mp4")):
+        ours = read_clip(video, audio=False).frames
+        theirs = read_clip(base / "systems" / "ours" / video.name, audio=False).frames
+        values += [psnr(a, b) for a, b in zip(ours, theirs, strict=True)]
+    return float(np.mean(values))
 
 
 # ----------------------------------------------------------------------------------------------- GPU

@@ -70,11 +70,11 @@ def passes_per_frame(frames: int, overlap: int, shift: bool, steps: int) -> floa
 def border_jitter(videos: list[Path], overlap: int, detector: Any) -> dict[str, float]:
     from common.evaluation.faces import track_faces
     from common.evaluation.landmarks import jitter_per_frame
-    from common.video import iter_frames
+    from common.evaluation.media import read_clip
 
     border, interior = [], []
     for video in videos:
-        per_frame = jitter_per_frame(track_faces(np.stack([f for _, f in iter_frames(video)]), detector))
+        per_frame = jitter_per_frame(track_faces(read_clip(video, audio=False).frames, detector))
         mask = np.zeros(len(per_frame), dtype=bool)
         mask[border_frames(len(per_frame), overlap)] = True
         border += per_frame[mask & np.isfinite(per_frame)].tolist()

@@ -145,12 +145,8 @@ def add_lora(unet: nn.Module, rank: int, alpha: float | None, seed: int) -> None
     """LoRA adapters (``peft``) on the UNet's :data:`LORA_TARGETS`; their up-projections start at zero."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    names = {n.rsplit(".", 1)[-1] for n, _ in unet.named_modules()} | {
-        n.split(".", n.count(".") - 1)[-1] for n, _ in unet.named_modules() if "." in n
-    }
-    targets = [t for t in LORA_TARGETS if t in names]
     config = LoraConfig(
-        r=rank, lora_alpha=alpha or rank, target_modules=targets, init_lora_weights="gaussian"
+        r=rank, lora_alpha=alpha or rank, target_modules=list(LORA_TARGETS), init_lora_weights="gaussian"
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -190,7 +186,6 @@ class DistillationModule(LandmarkVideoModule):
         from lmk2video.schedulers import make_scheduler
 
         settings = distill if isinstance(distill, DistillSettings) else DistillSettings(**(distill or {}))
-        kwargs.pop("stage", None)
         teacher = copy.deepcopy(pipeline.denoising_unet).requires_grad_(False).eval()
         if settings.lora_rank is not None:
             add_lora(

@@ -15,7 +15,6 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from common.errors import UserError
@@ -31,7 +30,7 @@ from lmk2video.pipeline import LandmarkVideoPipeline
 from lmk2video.rendering import SamplerOptions
 from tests.conftest import PROJECT_ROOT
 from tests.l2v_models import single_thread, tiny_pipeline
-from tests.test_l2v_module import batch, loader
+from tests.test_l2v_module import batch, one_step
 from tests.test_l2v_train import composed, data_overrides, losses
 
 
@@ -47,18 +46,6 @@ def student(**distill) -> DistillationModule:
         distill={"solver_steps": 10, "steps": 2, **distill},
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0),
     )
-
-
-def one_step(m: DistillationModule, frames: int = 3) -> None:
-    trainer = pl.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(m, train_dataloaders=loader(batch(frames=frames)))
 
 
 # ------------------------------------------------------------------------------------------- math
@@ -133,7 +120,7 @@ def test_full_student_trains_alone_and_the_loss_is_seeded() -> None:
     other, _ = m.compute_loss(item, torch.Generator().manual_seed(6))
     assert torch.isfinite(first) and first > 0 and first == again and other != first
     assert details["mse"].shape == (2,) and set(details["timesteps"].tolist()) <= set(range(99, 1000, 100))
-    one_step(m)
+    one_step(m, frames=3)
     changed = {n for n, p in m.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed and changed <= names
     assert not any(n.startswith(("teacher_unet.", "reference_unet.", "pose_guider.")) for n in changed)
@@ -151,7 +138,7 @@ def test_lora_student_trains_adapters_and_exports_merged_weights(tmp_path) -> No
     assert set(untrained.denoising_unet.state_dict()) == set(teacher)
     for key, value in untrained.denoising_unet.state_dict().items():
         torch.testing.assert_close(value, teacher[key], rtol=0, atol=1e-6)
-    one_step(m)
+    one_step(m, frames=3)
     m.export(tmp_path / "trained")
     trained = LandmarkVideoPipeline.from_pretrained(tmp_path / "trained").denoising_unet.state_dict()
     moved = [k for k in teacher if not torch.allclose(trained[k], teacher[k], atol=1e-7)]

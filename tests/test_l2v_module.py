@@ -44,6 +44,19 @@ def loader(item: dict[str, torch.Tensor]) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader([item], batch_size=None)
 
 
+def one_step(m: pl.LightningModule, frames: int) -> None:
+    """One Lightning optimizer step of ``m`` on a seeded batch of ``frames``-frame samples, on the CPU."""
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(m, train_dataloaders=loader(batch(frames=frames)))
+
+
 def module(stage: int, motion: bool = True, **kwargs) -> LandmarkVideoModule:
     kwargs.setdefault("loss", {"uncond_ratio": 0.0})
     return LandmarkVideoModule(tiny_pipeline(motion=motion), stage=stage, **kwargs)
@@ -72,15 +85,7 @@ def test_one_training_step_changes_exactly_the_stage_parameters(stage) -> None:
     assert not any(n.startswith(("vae.", "image_encoder.")) for n in trainable)
     if stage == 1:
         assert not any(MOTION_KEY in f".{n}" for n in trainable)
-    trainer = pl.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(m, train_dataloaders=loader(batch(frames=1 if stage == 1 else 3)))
+    one_step(m, frames=1 if stage == 1 else 3)
     changed = {n for n, p in m.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert sorted(changed - trainable) == []
     # Cross-attention's query path (norm2, to_q) and keys get exactly zero gradient: with a single conditioning
