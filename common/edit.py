@@ -39,7 +39,13 @@ from scipy.ndimage import convolve1d
 from scipy.spatial.transform import Rotation, Slerp
 
 from common.errors import UserError
-from common.geometry import canonical_face, matrix_to_pose6, pose6_to_matrix, relative_to_absolute
+from common.geometry import (
+    absolute_to_relative,
+    canonical_face,
+    matrix_to_pose6,
+    pose6_to_matrix,
+    relative_to_absolute,
+)
 from common.lmkfile import LandmarkSequence
 
 __all__ = [
@@ -613,3 +619,372 @@ def retarget(
         reference_mesh=ref_mesh,
         reference_pose=ref_pose,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# rotate / pose curves
+# --------------------------------------------------------------------------------------------
+
+# Where each named angle sits in a 6-D pose (XYZ Euler degrees): yaw is the rotation about y, pitch about x.
+ANGLES = {"pitch": 0, "yaw": 1, "roll": 2}
+MAX_ANGLE = 90.0  # degrees: the largest offset a rotation or a pose curve may add
+
+
+def _angle(name: str, text: str, where: str) -> float:
+    if name not in ANGLES:
+        raise UserError(f"{where}: unknown angle {name!r}; use yaw, pitch or roll, e.g. yaw=15,pitch=-5")
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{where}: {name}={text!r} is not a number of degrees, e.g. {name}=15") from None
+    if not math.isfinite(value) or abs(value) > MAX_ANGLE:
+        raise UserError(
+            f"{where}: {name}={text} must be a finite angle from -{MAX_ANGLE:g} to {MAX_ANGLE:g} degrees"
+        )
+    return value
+
+
+def parse_angles(text: str, where: str = "--rotate") -> dict[str, float]:
+    """``"yaw=15,pitch=-5"`` -> ``{"yaw": 15.0, "pitch": -5.0}`` (degrees; each angle at most once)."""
+    angles: dict[str, float] = {}
+    for item in str(text).split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if not sep or not name or not value.strip():
+            raise UserError(
+                f"{where} {text!r}: write NAME=DEGREES pairs separated by commas, e.g. yaw=15,pitch=-5"
+            )
+        if name in angles:
+            raise UserError(f"{where} {text!r}: {name} is given twice")
+        angles[name] = _angle(name, value.strip(), where)
+    return angles
+
+
+def rotate(
+    seq: LandmarkSequence, yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0
+) -> LandmarkSequence:
+    """Add constant offsets (degrees) to the pose's Euler angles: ``yaw`` to entry 1, ``pitch`` to 0, ``roll`` to 2.
+
+    As SadTalker's yaw/pitch/roll inputs. Positive yaw turns the face towards the image's right (the subject's
+    left), positive pitch tilts it down, positive roll tilts it towards the image's left, for a face looking at
+    the camera. landmarks2d is dropped.
+    """
+    offsets = {"yaw": yaw, "pitch": pitch, "roll": roll}
+    for name, value in offsets.items():
+        _angle(name, str(value), "rotate")
+    pose = seq.pose.astype(np.float64)
+    for name, value in offsets.items():
+        pose[:, ANGLES[name]] += float(value)
+    label = ",".join(f"{n}={_fmt(float(v))}" for n, v in offsets.items() if v)
+    return _history(seq, f"rotate {label or 'none'}", pose=pose, landmarks2d=None)
+
+
+@dataclass(frozen=True)
+class PoseCurve:
+    """Angle offsets over time: per angle name, keyframe times (s, increasing) and offsets (degrees)."""
+
+    keys: dict[str, tuple[np.ndarray, np.ndarray]]
+    origin: str
+
+    def offsets(self, times: np.ndarray) -> np.ndarray:
+        """Offsets (len(times), 3) in pose order (pitch, yaw, roll) at ``times`` (s).
+
+        Between keyframes a monotone cubic (PCHIP: smooth, through every keyframe, no overshoot); before the
+        first and after the last keyframe the end value holds; an angle with no keyframe stays 0.
+        """
+        from scipy.interpolate import PchipInterpolator
+
+        times = np.asarray(times, dtype=np.float64)
+        out = np.zeros((len(times), 3))
+        for name, (t, v) in self.keys.items():
+            if len(t) == 1:
+                out[:, ANGLES[name]] = v[0]
+            else:
+                out[:, ANGLES[name]] = PchipInterpolator(t, v)(np.clip(times, t[0], t[-1]))
+        return out
+
+
+def _curve(rows: list[tuple[float, dict[str, float]]], origin: str) -> PoseCurve:
+    keys: dict[str, tuple[list[float], list[float]]] = {}
+    for time, angles in rows:
+        if not math.isfinite(time) or time < 0:
+            raise UserError(f"{origin}: keyframe time {time:g} must be a finite number of seconds >= 0")
+        for name, value in angles.items():
+            times, values = keys.setdefault(name, ([], []))
+            if times and time <= times[-1]:
+                raise UserError(
+                    f"{origin}: {name} keyframes at {times[-1]:g} s and {time:g} s are out of order; "
+                    "list keyframes by increasing time, each time once"
+                )
+            times.append(time)
+            values.append(value)
+    if not keys:
+        raise UserError(f"{origin}: no keyframes; give at least one, e.g. 0:yaw=0;2.5:yaw=20")
+    return PoseCurve({n: (np.array(t), np.array(v)) for n, (t, v) in keys.items()}, origin)
+
+
+def _time(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{where}: keyframe time {text!r} is not a number of seconds") from None
+
+
+def parse_pose_curve(spec: str | os.PathLike) -> PoseCurve:
+    """A pose curve from a CSV file or inline keyframes.
+
+    * CSV (a path ending in ``.csv``): a header naming ``time`` and any of ``yaw``, ``pitch``, ``roll``, then
+      one keyframe per row in seconds and degrees; an empty cell leaves that angle unkeyed in that row.
+    * Inline: ``TIME:NAME=DEG[,NAME=DEG];...``, e.g. ``0:yaw=0;2.5:yaw=20;5:yaw=0``.
+
+    Times are of the edited output (after trim and resampling).
+    """
+    import csv
+
+    text = os.fspath(spec)
+    if text.lower().endswith(".csv"):
+        path = Path(text)
+        if not path.is_file():
+            raise UserError(f"{path}: no such pose curve file; give a CSV with columns time,yaw,pitch,roll")
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                table = list(csv.reader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise UserError(
+                f"{path}: not a readable CSV file ({err}); write columns time,yaw,pitch,roll"
+            ) from None
+        table = [row for row in table if any(cell.strip() for cell in row)]
+        header = [cell.strip().lower() for cell in table[0]] if table else []
+        if "time" not in header or not set(header) - {"time"} or not set(header) <= {"time", *ANGLES}:
+            raise UserError(
+                f"{path}: the first row must name the columns: time and any of yaw, pitch, roll "
+                f"(found {','.join(header) or 'nothing'})"
+            )
+        rows = []
+        for number, row in enumerate(table[1:], start=2):
+            where = f"{path} row {number}"
+            if len(row) != len(header):
+                raise UserError(f"{where}: {len(row)} cells where the header has {len(header)}")
+            cells = dict(zip(header, (c.strip() for c in row), strict=True))
+            angles = {n: _angle(n, v, where) for n, v in cells.items() if n != "time" and v}
+            rows.append((_time(cells["time"], where), angles))
+        return _curve(rows, str(path))
+    where = f"pose curve {text!r}"
+    rows = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        time, sep, angles = item.partition(":")
+        if not sep or not angles.strip():
+            raise UserError(
+                f"{where}: write keyframes as TIME:NAME=DEG separated by ';', e.g. 0:yaw=0;2.5:yaw=20;5:yaw=0, "
+                "or give a .csv file"
+            )
+        rows.append((_time(time.strip(), where), parse_angles(angles, where)))
+    return _curve(rows, where)
+
+
+def apply_pose_curve(seq: LandmarkSequence, curve: PoseCurve) -> LandmarkSequence:
+    """Add the curve's offsets at each frame's time (``frame / fps``) to the pose's Euler angles (see :func:`rotate`)."""
+    pose = seq.pose.astype(np.float64)
+    pose[:, :3] += curve.offsets(np.arange(seq.num_frames) / seq.fps)
+    return _history(seq, f"pose_curve {curve.origin}", pose=pose, landmarks2d=None)
+
+
+# --------------------------------------------------------------------------------------------
+# scale_expression
+# --------------------------------------------------------------------------------------------
+
+
+def scale_expression(seq: LandmarkSequence, s: float) -> LandmarkSequence:
+    """Scale every expression offset outside the mouth by ``s`` (1 = unchanged, 0 = as in the neutral frame).
+
+    Offsets are from the sequence's most neutral frame (:func:`neutral_frame`); a vertex's change is weighted by
+    ``1 - mouth`` (:mod:`common.regions`), so the lower face keeps its motion exactly and the eyes, brows,
+    cheeks and forehead move ``s`` times as much. landmarks2d and blendshapes are dropped.
+    """
+    from common.regions import expression_offsets, region_weights
+
+    try:
+        s = float(s)
+    except (TypeError, ValueError):
+        raise UserError(f"expression scale {s!r} must be a number >= 0 (1 = unchanged)") from None
+    if not math.isfinite(s) or s < 0:
+        raise UserError(f"expression scale {s} must be a finite number >= 0 (1 = unchanged)")
+    if s == 1.0:
+        return _history(seq, "scale_expression s=1")
+    n = neutral_frame(seq)
+    weight = (1.0 - region_weights("mouth"))[None, :, None]
+    mesh = seq.mesh.astype(np.float64) + (s - 1.0) * weight * expression_offsets(seq.mesh, n)
+    return _history(
+        seq,
+        f"scale_expression s={_fmt(s)} (neutral frame {n})",
+        mesh=mesh,
+        landmarks2d=None,
+        blendshapes=None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# blink
+# --------------------------------------------------------------------------------------------
+
+BLINK_MODES = ("keep", "auto", "none")
+
+
+def _open_eyes_frame(seq: LandmarkSequence, closed_ratio: float) -> int:
+    """The neutral frame, or the frame nearest to it with open eyes when the neutral one is mid-blink."""
+    from common.blinks import EDGE, closure
+
+    n = neutral_frame(seq)
+    c = closure(seq.mesh, seq.fps, closed_ratio)
+    if c[n] <= EDGE:
+        return n
+    open_frames = np.flatnonzero(c <= EDGE)
+    if len(open_frames) == 0:
+        return int(np.argmin(c))
+    return int(open_frames[np.argmin(np.abs(open_frames - n))])
+
+
+def _closing(open_mesh: np.ndarray, model) -> np.ndarray:
+    """The displacement (468, 3) that closes the eyes of ``open_mesh`` to the model's apex openness.
+
+    The model's mean displacement (in inter-ocular distances) scaled to this face, then by the factor (found by
+    bisection) that brings the openness to ``closed_ratio`` times the open one.
+    """
+    from common.blinks import eye_openness
+
+    delta = model.closed_delta * inter_ocular_distance(open_mesh)
+    target = model.closed_ratio * float(eye_openness(open_mesh))
+    # The first scale on a fine grid that closes the eyes that far (further on, the lids would cross), refined.
+    grid = np.linspace(0.0, 4.0, 401)
+    openness = eye_openness(open_mesh[None] + grid[:, None, None] * delta[None])
+    below = np.flatnonzero(openness <= target)
+    first = int(below[0]) if len(below) else int(np.argmin(openness))
+    low, high = grid[max(first - 1, 0)], grid[first]
+    for _ in range(30):
+        mid = (low + high) / 2
+        if float(eye_openness(open_mesh + mid * delta)) > target:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2 * delta
+
+
+def blink(
+    seq: LandmarkSequence,
+    mode: str | LandmarkSequence = "keep",
+    *,
+    seed: int = 0,
+    model=None,
+) -> LandmarkSequence:
+    """Eye blinks (:mod:`common.blinks`).
+
+    * ``"keep"``: unchanged.
+    * ``"none"``: the eye region (:mod:`common.regions`) held as in the neutral frame (or the nearest frame with
+      open eyes): no blinks, no other lid motion.
+    * ``"auto"``: ``"none"``, then natural blinks: times and durations drawn from the blink model measured on
+      real talking-head clips (shipped with the package), repeatable by ``seed``.
+    * a :class:`LandmarkSequence`: ``"none"``, then that sequence's blinks (its closure per frame at the same
+      times; none past its end).
+
+    Blinks close the held eyes by the model's open-to-closed displacement scaled to this face, times the closure.
+    The schedule of ``"auto"`` is recorded in the history. landmarks2d and blendshapes are dropped (except for
+    ``"keep"``).
+    """
+    from common.blinks import closure, closure_curve, load_blink_model, schedule_blinks
+    from common.regions import region_weights
+
+    if isinstance(mode, str) and mode not in BLINK_MODES:
+        raise UserError(
+            f"blink mode {mode!r}: use keep, auto, none or a landmark file (.npz) to copy blinks from"
+        )
+    if mode == "keep":
+        return _history(seq, "blink keep")
+    model = load_blink_model() if model is None else model
+    n = _open_eyes_frame(seq, model.closed_ratio)
+    mesh = seq.mesh.astype(np.float64)
+    eyes = region_weights("eyes")[None, :, None]
+    mesh = mesh + eyes * (mesh[n][None] - mesh)  # eyes as in frame n
+    if isinstance(mode, LandmarkSequence):
+        source_c = closure(mode.mesh, mode.fps, model.closed_ratio)
+        positions = np.arange(seq.num_frames) * (mode.fps / seq.fps)
+        c = np.where(positions <= mode.num_frames - 1, _interp_linear(source_c, positions), 0.0)
+        label = f"blink from {mode.meta.get('source', 'a landmark file')}"
+    elif mode == "auto":
+        schedule = schedule_blinks(model, seq.num_frames / seq.fps, np.random.default_rng(seed))
+        c = closure_curve(schedule, seq.num_frames, seq.fps, model)
+        times = " ".join(f"{b.start_s:.3f}+{b.duration_s:.3f}" for b in schedule)
+        label = f"blink auto seed={seed}: {len(schedule)} blinks (start+duration s) {times}".rstrip()
+    else:
+        c = np.zeros(seq.num_frames)
+        label = "blink none"
+    mesh = mesh + c[:, None, None] * _closing(mesh[n], model)[None]
+    return _history(seq, f"{label} (open eyes of frame {n})", mesh=mesh, landmarks2d=None, blendshapes=None)
+
+
+# --------------------------------------------------------------------------------------------
+# mix
+# --------------------------------------------------------------------------------------------
+
+MIX_LENGTHS = ("base", "shortest", "loop")
+
+
+def mix(
+    base: LandmarkSequence,
+    *,
+    mouth: LandmarkSequence | None = None,
+    eyes: LandmarkSequence | None = None,
+    brows: LandmarkSequence | None = None,
+    pose: LandmarkSequence | None = None,
+    length: str = "base",
+) -> LandmarkSequence:
+    """One sequence from several: face regions and head motion of other sequences on the base face.
+
+    * Regions (:mod:`common.regions`: smooth per-vertex weights, no seam): each source's expression offsets from
+      its own most neutral frame (:func:`neutral_frame`), scaled by the ratio of inter-ocular distances as in
+      :func:`retarget`, replace the base's offsets in that region:
+      ``mesh_t = base_n + (1 - sum_r w_r) * base_offset_t + sum_r w_r * source_r_offset_t``. Vertices in no
+      given region keep the base's mesh exactly.
+    * ``pose``: that sequence's head motion relative to its first frame, composed onto the base's first pose
+      (as a pose template, :func:`set_pose`).
+    * Lengths: every source is first resampled to the base's fps. ``length="base"``: the base's frames;
+      ``"shortest"``: the shortest input's; ``"loop"``: the longest input's. A shorter input is looped
+      ping-pong (:func:`ping_pong_indices`), a longer one cut.
+
+    The result has the base's fps, image size, reference keys and face_found; landmarks2d and blendshapes are
+    dropped.
+    """
+    from common.regions import expression_offsets, region_weights
+
+    regions = {"mouth": mouth, "eyes": eyes, "brows": brows}
+    given = {name: s for name, s in regions.items() if s is not None}
+    if not given and pose is None:
+        raise UserError("mix: nothing to mix in; give at least one of --mouth, --eyes, --brows or --pose")
+    if length not in MIX_LENGTHS:
+        raise UserError(f"mix: --length {length!r}: use base, shortest or loop")
+    inputs = {name: resample_fps(s, base.fps) for name, s in {**given, "pose": pose}.items() if s is not None}
+    counts = [base.num_frames, *(s.num_frames for s in inputs.values())]
+    frames = {"base": base.num_frames, "shortest": min(counts), "loop": max(counts)}[length]
+    idx = ping_pong_indices(base.num_frames, frames)
+    out = base.select(idx)
+    base_mesh = base.mesh.astype(np.float64)
+    nb = neutral_frame(base)
+    iod = float(inter_ocular_distance(base_mesh[nb]))
+    base_offsets = expression_offsets(base_mesh, nb)[idx]
+    mesh = base_mesh[nb][None] + base_offsets
+    labels = []
+    for name, source in inputs.items():
+        if name == "pose":
+            continue
+        ns = neutral_frame(source)
+        src = source.mesh.astype(np.float64)
+        scale = iod / float(inter_ocular_distance(src[ns]))
+        offsets = scale * expression_offsets(src, ns)[ping_pong_indices(source.num_frames, frames)]
+        w = region_weights(name)[None, :, None]
+        mesh += w * (offsets - base_offsets)
+        labels.append(f"{name} from {source.meta.get('source', 'a landmark file')} (neutral frame {ns})")
+    changes = {"mesh": mesh, "landmarks2d": None, "blendshapes": None}
+    if "pose" in inputs:
+        motion = inputs["pose"].pose.astype(np.float64)[ping_pong_indices(inputs["pose"].num_frames, frames)]
+        changes["pose"] = relative_to_absolute(absolute_to_relative(motion), base.pose[0].astype(np.float64))
+        labels.append(f"pose from {inputs['pose'].meta.get('source', 'a landmark file')}")
+    return _history(out, f"mix {'; '.join(labels)}; length={length} ({frames} frames)", **changes)

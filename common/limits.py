@@ -17,6 +17,7 @@ MAX_FPS = 240.0  # frames per second: landmark files, resampling, extraction of 
 MAX_STEPS = 1000  # denoising steps (the schedules have 1000 timesteps)
 MAX_SMOOTH = 1001  # frames: temporal smoothing windows
 MAX_MOUTH_SCALE = 10.0
+MAX_EXPRESSION_SCALE = 10.0
 MAX_SEED = 2**63 - 1
 
 

@@ -1,4 +1,4 @@
-"""``python -m common.lmk``: extract, inspect, render, edit and retarget landmark files.
+"""``python -m common.lmk``: extract, inspect, render, edit, mix and retarget landmark files.
 
 Every subcommand exits with status 2 and one clear message on bad input, and writes its output
 atomically (nothing is left behind on failure). An existing output is kept unless ``--overwrite``.
@@ -79,6 +79,47 @@ def check_args(args: argparse.Namespace) -> None:
             limits.number(
                 args.mouth_scale, "--mouth-scale", 0, limits.MAX_MOUTH_SCALE, hint="1 = unchanged, 0 = closed"
             )
+        if args.expression_scale is not None:
+            limits.number(
+                args.expression_scale,
+                "--expression-scale",
+                0,
+                limits.MAX_EXPRESSION_SCALE,
+                hint="1 = unchanged, 0 = as in the neutral frame",
+            )
+        limits.seed(args.seed, "--seed")
+        _edit_inputs(args)
+    elif args.command == "mix":
+        for flag in ("base", "mouth", "eyes", "brows", "pose"):
+            value = getattr(args, flag)
+            if value is not None:
+                check_landmark_name(value, f"--{flag} {value}")
+        if all(getattr(args, flag) is None for flag in ("mouth", "eyes", "brows", "pose")):
+            raise UserError("mix: nothing to mix in; give at least one of --mouth, --eyes, --brows or --pose")
+        from common.edit import MIX_LENGTHS
+
+        if args.length not in MIX_LENGTHS:
+            raise UserError(f"--length {args.length!r}: use base, shortest or loop")
+
+
+def _edit_inputs(args: argparse.Namespace) -> None:
+    """Parse ``edit``'s --rotate, --pose-curve and --blink (reading a curve file), filling ``args.parsed``."""
+    from common import edit
+
+    args.parsed = {}
+    if args.rotate is not None:
+        args.parsed["rotate"] = edit.parse_angles(args.rotate, "--rotate")
+    if args.pose_curve is not None:
+        with _option("--pose-curve"):
+            args.parsed["pose_curve"] = edit.parse_pose_curve(args.pose_curve)
+    if (
+        args.blink is not None
+        and args.blink not in edit.BLINK_MODES
+        and not args.blink.lower().endswith(".npz")
+    ):
+        raise UserError(
+            f"--blink {args.blink!r}: use keep, auto, none or a landmark file (.npz) to copy blinks from"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,13 +230,37 @@ def cmd_edit(args: argparse.Namespace) -> None:
         seq = edit.resample_fps(seq, args.fps)
     if args.smooth is not None:
         seq = edit.smooth(seq, args.smooth)
+    blinks = args.blink
+    if blinks is not None and blinks not in edit.BLINK_MODES:
+        blinks = LandmarkSequence.load(blinks)
     if args.mouth_scale is not None:
         seq = edit.scale_mouth(seq, args.mouth_scale)
+    if args.expression_scale is not None:
+        seq = edit.scale_expression(seq, args.expression_scale)
+    if blinks is not None:
+        seq = edit.blink(seq, blinks, seed=args.seed)
     if args.pose is not None:
         with _option("--pose"):
             seq = edit.set_pose(seq, "still" if pose is None else pose)
+    if "rotate" in args.parsed:
+        seq = edit.rotate(seq, **args.parsed["rotate"])
+    if "pose_curve" in args.parsed:
+        seq = edit.apply_pose_curve(seq, args.parsed["pose_curve"])
     seq.save(args.output)
     print(f"wrote {args.output}: {seq.num_frames} frames at {seq.fps:g} fps")
+
+
+def cmd_mix(args: argparse.Namespace) -> None:
+    from common import edit
+
+    sources = {
+        flag: LandmarkSequence.load(getattr(args, flag))
+        for flag in ("mouth", "eyes", "brows", "pose")
+        if getattr(args, flag) is not None
+    }
+    out = edit.mix(LandmarkSequence.load(args.base), **sources, length=args.length)
+    out.save(args.output)
+    print(f"wrote {args.output}: {out.num_frames} frames at {out.fps:g} fps ({', '.join(sources)} mixed in)")
 
 
 def cmd_retarget(args: argparse.Namespace) -> None:
@@ -247,7 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("edit", help="smooth, scale the mouth, replace the pose, resample or trim")
+    p = sub.add_parser(
+        "edit",
+        help="trim, resample, smooth, scale mouth or expression, blinks, pose source, rotate",
+        description="Edits apply in this order: --trim, --fps, --smooth, --mouth-scale, --expression-scale, "
+        "--blink, --pose, --rotate, --pose-curve.",
+    )
     p.add_argument("file")
     p.add_argument("-o", "--output", required=True, help="output landmark file (.npz)")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
@@ -258,7 +328,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pose", help="'still' (hold the first frame's pose) or a pose file (.npy template or .npz)"
     )
+    p.add_argument(
+        "--expression-scale", type=float, help="scale the expression outside the mouth (1 = unchanged)"
+    )
+    p.add_argument(
+        "--blink",
+        help="keep (default), auto (natural blinks, --seed), none (no blinks) or a landmark file to copy blinks from",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of --blink auto (default 0)")
+    p.add_argument(
+        "--rotate", help="constant offsets in degrees added to the pose, e.g. yaw=15,pitch=-5,roll=0"
+    )
+    p.add_argument(
+        "--pose-curve",
+        help="offsets over time added to the pose: a CSV (time,yaw,pitch,roll) or keyframes 0:yaw=0;2.5:yaw=20",
+    )
     p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("mix", help="face regions and head motion of other landmark files on a base")
+    p.add_argument("--base", required=True, help="landmark file whose face, length and fps the output keeps")
+    p.add_argument("--mouth", help="landmark file to take the mouth (lower face) from")
+    p.add_argument("--eyes", help="landmark file to take the eyes (lids) from")
+    p.add_argument("--brows", help="landmark file to take the brows from")
+    p.add_argument("--pose", help="landmark file to take the head motion from")
+    p.add_argument(
+        "--length",
+        default="base",
+        help="frames of the output: the base's (default), the shortest input's, or the longest (others looped)",
+    )
+    p.add_argument("-o", "--output", required=True, help="output landmark file (.npz)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    p.set_defaults(func=cmd_mix)
 
     p = sub.add_parser("retarget", help="put a sequence's expression and motion on another face")
     p.add_argument("source", help="landmark file to take expression and motion from")

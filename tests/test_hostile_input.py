@@ -121,6 +121,30 @@ CASES = [
     C("edit-input-version", "common.lmk", "edit bad_version.npz -o out/x.npz", "version"),
     C("edit-out-exists", "common.lmk", "edit clip.npz -o face.npz", "already exists"),
     C("edit-pose-text", "common.lmk", "edit clip.npz -o out/x.npz --pose notes.txt", "notes.txt"),
+    C("edit-rotate-name", "common.lmk", "edit clip.npz -o out/x.npz --rotate yawn=10", "--rotate"),
+    C("edit-rotate-huge", "common.lmk", "edit clip.npz -o out/x.npz --rotate yaw=500", "--rotate"),
+    C("edit-rotate-text", "common.lmk", "edit clip.npz -o out/x.npz --rotate left", "--rotate"),
+    C("edit-curve-order", "common.lmk", "edit clip.npz -o out/x.npz --pose-curve 2:yaw=0;1:yaw=5", "out of order"),
+    C("edit-curve-syntax", "common.lmk", "edit clip.npz -o out/x.npz --pose-curve yaw=5", "--pose-curve"),
+    C("edit-curve-missing", "common.lmk", "edit clip.npz -o out/x.npz --pose-curve none.csv", "none.csv"),
+    C("edit-curve-header", "common.lmk", "edit clip.npz -o out/x.npz --pose-curve bad_curve.csv", "bad_curve.csv"),
+    C("edit-curve-cell", "common.lmk", "edit clip.npz -o out/x.npz --pose-curve bad_cell.csv", "bad_cell.csv row 3"),
+    C("edit-blink-mode", "common.lmk", "edit clip.npz -o out/x.npz --blink sometimes", "--blink"),
+    C("edit-blink-missing", "common.lmk", "edit clip.npz -o out/x.npz --blink nothing.npz", "nothing.npz"),
+    C("edit-blink-garbage", "common.lmk", "edit clip.npz -o out/x.npz --blink garbage.npz", "garbage.npz"),
+    C("edit-expression-nan", "common.lmk", "edit clip.npz -o out/x.npz --expression-scale nan", "--expression-scale"),
+    C("edit-expression-neg", "common.lmk", "edit clip.npz -o out/x.npz --expression-scale -1", "--expression-scale"),
+    C("edit-seed-negative", "common.lmk", "edit clip.npz -o out/x.npz --blink auto --seed -1", "--seed"),
+    # ---------------------------------------------------------------- common.lmk mix
+    C("mix-nothing", "common.lmk", "mix --base clip.npz -o out/x.npz", "nothing to mix"),
+    C("mix-missing", "common.lmk", "mix --base clip.npz --mouth nothing.npz -o out/x.npz", "nothing.npz"),
+    C("mix-base-missing", "common.lmk", "mix --base nothing.npz --eyes clip.npz -o out/x.npz", "nothing.npz"),
+    C("mix-garbage", "common.lmk", "mix --base clip.npz --eyes garbage.npz -o out/x.npz", "garbage.npz"),
+    C("mix-text", "common.lmk", "mix --base clip.npz --brows notes.txt -o out/x.npz", "notes.txt"),
+    C("mix-version", "common.lmk", "mix --base clip.npz --pose bad_version.npz -o out/x.npz", "version"),
+    C("mix-length", "common.lmk", "mix --base clip.npz --mouth face.npz --length longest -o out/x.npz", "--length"),
+    C("mix-out-exists", "common.lmk", "mix --base clip.npz --mouth face.npz -o face.npz", "already exists"),
+    C("mix-out-unwritable", "common.lmk", f"mix --base clip.npz --mouth face.npz -o {UNWRITABLE}.npz", "/proc"),
     C("retarget-no-face", "common.lmk", "retarget clip.npz --reference blank.png -o out/x.npz", "blank.png", loads=True),
     C("retarget-reference-text", "common.lmk", "retarget clip.npz --reference notes.txt -o out/x.npz", "notes.txt"),
     # ---------------------------------------------------------------- common.preprocess
@@ -307,6 +331,8 @@ def world(tmp_path_factory) -> Path:
     for name in ("empty.wav", "empty.mp4", "empty.pt"):
         (root / name).write_bytes(b"")
     (root / "blocker").write_text("a regular file")
+    (root / "bad_curve.csv").write_text("seconds,yaw\n0,10\n")
+    (root / "bad_cell.csv").write_text("time,yaw\n0,10\n1,ten\n")
     (root / "folder.npz").mkdir()
     (root / "folder.mp4").mkdir()
 
