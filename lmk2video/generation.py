@@ -127,6 +127,10 @@ class GenerateSettings:
 
 
 AudioToLandmarks = Callable[[GenerateSettings, LandmarkSequence], LandmarkSequence]
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: ``"denoising"`` counts denoising-UNet passes (steps x context windows),
+``"decoding"`` counts the frames written. An exception it raises (a cancelled job) stops the generation;
+the output is then not written."""
 
 
 def audio_duration(path: str | os.PathLike) -> float:
@@ -176,8 +180,18 @@ def audio2lmk_landmarks(settings: GenerateSettings) -> AudioToLandmarks:
     return run
 
 
-def generate(settings: GenerateSettings, audio_to_landmarks: AudioToLandmarks | None = None) -> Path:
-    """Render ``settings.out`` (see the module docstring); returns its path."""
+def generate(
+    settings: GenerateSettings,
+    audio_to_landmarks: AudioToLandmarks | None = None,
+    *,
+    pipeline: Any | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Render ``settings.out`` (see the module docstring); returns its path.
+
+    ``pipeline``: the pipeline of ``settings.model`` already loaded on the chosen device and dtype (the web app
+    keeps its models loaded between jobs); None loads it. ``progress``: see :data:`Progress`.
+    """
     from common.detect import extract_image, read_image
     from common.devices import resolve_device
     from common.video import VideoWriter
@@ -207,7 +221,7 @@ def generate(settings: GenerateSettings, audio_to_landmarks: AudioToLandmarks | 
     if sequence is None and audio_to_landmarks is None:
         audio_to_landmarks = audio2lmk_landmarks(settings)
 
-    pipe = load_pipeline(settings.model, device=device, dtype=dtype)
+    pipe = pipeline if pipeline is not None else load_pipeline(settings.model, device=device, dtype=dtype)
     speed_up(pipe, compile=settings.compile, channels_last=settings.channels_last)
     pipe.set_progress_bar_config(disable=not settings.progress, desc="denoising", unit="step")
     width = settings.width or pipe.config.width
@@ -251,10 +265,17 @@ def generate(settings: GenerateSettings, audio_to_landmarks: AudioToLandmarks | 
         height,
     )
     done = 0
-    with VideoWriter(out, fps=sequence.fps, audio=settings.audio) as writer:
-        for frames in rendering.frames:
-            writer.write(rendering.grid(frames, done) if settings.grid else frames)
-            done += len(frames)
+    hook = None if progress is None else _count_denoising(pipe, sequence.num_frames, options, progress)
+    try:
+        with VideoWriter(out, fps=sequence.fps, audio=settings.audio) as writer:
+            for frames in rendering.frames:
+                writer.write(rendering.grid(frames, done) if settings.grid else frames)
+                done += len(frames)
+                if progress is not None:
+                    progress("decoding", done, sequence.num_frames)
+    finally:
+        if hook is not None:
+            hook.remove()
     if done != sequence.num_frames:  # pragma: no cover - the pipeline yields one frame per drawing
         raise RuntimeError(f"generated {done} frames for {sequence.num_frames} landmark frames")
     log.info(
@@ -266,3 +287,22 @@ def generate(settings: GenerateSettings, audio_to_landmarks: AudioToLandmarks | 
         height,
     )
     return out
+
+
+def _count_denoising(pipe: Any, num_frames: int, options: SamplerOptions, progress: Progress) -> Any:
+    """Report every denoising-UNet pass (one per context window per step) to ``progress``; returns the hook
+    handle to remove."""
+    from lmk2video.context import context_windows
+
+    windows = len(
+        context_windows(num_frames, options.context_frames, options.context_overlap, options.context_stride)
+    )
+    total = int(options.steps) * windows
+    calls = 0
+
+    def passed(*_: Any) -> None:
+        nonlocal calls
+        calls += 1
+        progress("denoising", min(calls, total), total)
+
+    return pipe.denoising_unet.register_forward_hook(passed)
