@@ -1,8 +1,10 @@
 """Write outputs atomically: into a temporary file beside the target, then rename.
 
-- Temporary names are hidden and carry the writing process's id: ``.NAME.PID.RANDOM[.suffix]``. A later
-  write of the same target removes the temporaries of writers that are provably gone (their process id no
-  longer exists on this machine) and never those of a live process, such as a concurrent job.
+- Temporary names are hidden and carry the writing process's id and machine: ``.NAME.PID@HOST.RANDOM[.suffix]``.
+  A later write of the same target removes the temporaries of writers that are provably gone (written on this
+  machine by a process id that no longer exists) and never those of a live process, such as a concurrent job,
+  nor those of another machine writing into the same shared folder (a cluster's workers), whose processes
+  cannot be seen from here.
 - Outputs get the permissions of a normally created file or folder: 0666 / 0777 minus the umask (the
   temporary files Python creates are 0600 / 0700).
 - The write path's operating-system errors (no space left, a read-only or unwritable folder, a folder where
@@ -16,6 +18,7 @@ import errno
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,8 +76,13 @@ def _is_write_error(err: OSError, tmp: Path) -> bool:
     return err.filename is not None and Path(str(err.filename)).resolve().is_relative_to(tmp.resolve())
 
 
+def host_tag() -> str:
+    """This machine's name as it appears in temporary names (letters, digits and '-' only)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
 def _temp_prefix(name: str) -> str:
-    return f".{name}.{os.getpid()}."
+    return f".{name}.{os.getpid()}@{host_tag()}."
 
 
 def _process_exists(pid: int) -> bool:
@@ -104,11 +112,13 @@ def remove_stale_temporaries(parent: Path, name: str) -> list[Path]:
         except OSError:
             hidden = []
         _HIDDEN_ENTRIES[parent] = hidden
-    pattern = re.compile(rf"^\.{re.escape(name)}\.(?:old\.)?(\d+)\.")
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(?:old\.)?(\d+)(?:@([A-Za-z0-9-]+))?\.")
     removed = []
     for entry_name in list(hidden):
         match = pattern.match(entry_name)
-        if match is None or int(match.group(1)) == os.getpid() or _process_exists(int(match.group(1))):
+        if match is None or match.group(2) not in (None, host_tag()):  # another machine's: not provably dead
+            continue
+        if int(match.group(1)) == os.getpid() or _process_exists(int(match.group(1))):
             continue
         entry = parent / entry_name
         with contextlib.suppress(OSError):
@@ -249,7 +259,9 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
             if dst.exists():
                 if not overwrite:
                     raise UserError(f"{dst} appeared while it was being written; nothing was written")
-                old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.{os.getpid()}.", dir=parent))
+                old = Path(
+                    tempfile.mkdtemp(prefix=f".{dst.name}.old.{os.getpid()}@{host_tag()}.", dir=parent)
+                )
                 os.replace(dst, old / dst.name)
                 os.replace(tmp, dst)
                 shutil.rmtree(old, ignore_errors=True)

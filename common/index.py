@@ -20,7 +20,6 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common.atomic import atomic_output
 from common.errors import UserError
 
 INDEX_VERSION = 1
@@ -43,28 +42,33 @@ class ClipRecord:
     width: int
 
 
-def _rel(path: str | os.PathLike, root: Path) -> str:
+def _rel(path: str | os.PathLike, root: str | Path) -> str:
+    from common import storage
+
+    if storage.is_url(path) or storage.is_url(root):
+        try:
+            return storage.relative(str(path), str(root))
+        except ValueError:  # elsewhere: kept as it is
+            return str(path)
     try:
-        return os.path.relpath(Path(path).resolve(), root.resolve())
+        return os.path.relpath(Path(path).resolve(), Path(root).resolve())
     except ValueError:  # another drive on Windows
         return str(Path(path).resolve())
 
 
 def write_index(root: str | os.PathLike, clips: list[ClipRecord], sample_rate: int = 16000) -> Path:
-    """Write ``root/index.json`` atomically; clip paths are stored relative to ``root``."""
-    root = Path(root)
+    """Write ``root/index.json`` atomically (``root`` may be a URL); clip paths are stored relative to ``root``."""
+    from common import storage
+
     entries = []
     for clip in sorted(clips, key=lambda c: c.id):
         entry = asdict(clip)
         for key in ("video", "landmarks", "audio"):
             entry[key] = _rel(entry[key], root)
         entries.append(entry)
-    path = root / INDEX_NAME
-    with atomic_output(path) as tmp:
-        tmp.write_text(
-            json.dumps({"version": INDEX_VERSION, "sample_rate": sample_rate, "clips": entries}, indent=1)
-        )
-    return path
+    text = json.dumps({"version": INDEX_VERSION, "sample_rate": sample_rate, "clips": entries}, indent=1)
+    written = storage.write_text(storage.join(root, INDEX_NAME), text)
+    return written if storage.is_url(written) else Path(written)
 
 
 def load_index(path: str | os.PathLike) -> list[ClipRecord]:

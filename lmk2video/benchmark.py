@@ -1,4 +1,4 @@
-"""``python -m lmk2video.benchmark model=DIR [mode=reconstruct|audio|landmarks_only] [audio2lmk_model=DIR] out=DIR``
+"""``python -m lmk2video.benchmark model=DIR [mode=...] [audio2lmk_model=DIR] out=DIR [engine=local|ray]``
 
 Runs our models on a test set (default: the held-out speaker of the shared clips) and writes the evaluation
 table with the baselines (the real video, the reference frame repeated, any ``systems.NAME=DIR``), plots
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from common.config import CONF_DIR, store_open_dict
 from common.errors import UserError, exit_on_user_error
@@ -62,6 +62,9 @@ def run(cfg: DictConfig) -> dict:
         dtype=cfg.dtype,
         compare_videos=cfg.compare_videos,
         progress=cfg.progress,
+        engine=cfg.engine,
+        ray=OmegaConf.to_container(cfg.ray, resolve=True),
+        threads_per_worker=cfg.threads_per_worker,
     )
     bench.check()
     if cfg.mode == "landmarks_only":

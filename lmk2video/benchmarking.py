@@ -17,11 +17,16 @@ Modes: ``reconstruct`` (landmarks extracted from the real clip: the papers' self
 (audio2lmk -> landmarks -> lmk2video: the audio-driven setting), ``landmarks_only`` (audio2lmk alone, scored
 on landmark and sync metrics against the real landmarks, no video). Finished videos are kept, so an
 interrupted run resumes; the report is made anew from all of them at the end.
+
+``engine=ray`` renders the excerpts on a Ray cluster (:class:`common.engines.WorkerPool`: one model per actor,
+excerpts streamed to the free ones); every actor writes its excerpt's files into ``out/`` (shared storage), and
+the evaluation runs here once all are written. ``engine=local`` renders them one after the other in this process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -121,8 +126,16 @@ class Benchmark:
     dtype: str = "auto"
     compare_videos: bool = True
     progress: bool = True
+    engine: str = "local"
+    ray: dict[str, Any] = dataclasses.field(default_factory=dict)
+    threads_per_worker: int | None = None
 
     def check(self) -> None:
+        from common.engines import RaySettings, check_engine, check_threads
+
+        check_engine(self.engine)
+        RaySettings.from_values(self.ray)
+        check_threads(self.threads_per_worker)
         if self.mode not in MODES:
             raise UserError(f"mode={self.mode!r}; choose {', '.join(MODES)}")
         if self.mode != "landmarks_only" and self.model is None:
@@ -140,71 +153,110 @@ class Benchmark:
 
     def render_all(self) -> dict[str, Path]:
         """Write the test set and every system's videos (finished ones are kept); returns the system folders."""
-        from common.corpus import write_wav
+        from common.engines import RaySettings, WorkerPool
+
+        folders = self.folders()
+        for folder in (*folders.values(), self.out / "real", self.out / "references", self.out / "compare"):
+            folder.mkdir(parents=True, exist_ok=True)
+        todo = [i for i, item in enumerate(self.excerpts) if not self._finished(item.stem)]
+        log.info("%d excerpts, %d to render (%s engine)", len(self.excerpts), len(todo), self.engine)
+        pool = WorkerPool(
+            functools.partial(_benchmark_worker, self),
+            engine=self.engine,
+            ray_settings=RaySettings.from_values(self.ray),
+            threads=self.threads_per_worker,
+        )
+        bar = tqdm(total=len(todo), desc=f"benchmark ({self.engine})", unit="clip", disable=not self.progress)
+        with bar:
+            for result in pool.run(todo, timeout_s=[None] * len(todo), max_retries=[0] * len(todo)):
+                if result.error is not None:
+                    raise UserError(
+                        f"benchmark: excerpt {self.excerpts[todo[result.index]].stem}: {result.error}"
+                    )
+                bar.update(1)
+        return folders
+
+    def folders(self) -> dict[str, Path]:
+        return {name: self.out / "systems" / name for name in (OURS, STILL)}
+
+    def _finished(self, stem: str) -> bool:
+        targets = [folder / f"{stem}.mp4" for folder in self.folders().values()]
+        return all(p.is_file() for p in targets) and (self.out / "real" / f"{stem}.mp4").is_file()
+
+    def renderer(self) -> Any:
+        """This benchmark's model loaded once; returns ``render(index, deadline)`` writing excerpt ``index``."""
         from common.devices import resolve_device
-        from common.video import VideoWriter, read_frames
-        from lmk2video.framing import LandmarkDrawings, apply_framing, frame_reference
         from lmk2video.pipeline import load_pipeline
-        from lmk2video.rendering import render, resolve_dtype
+        from lmk2video.rendering import resolve_dtype
 
         device = resolve_device(self.device)
         pipe = load_pipeline(self.model, device=device, dtype=resolve_dtype(self.dtype, device))
         pipe.set_progress_bar_config(disable=True)
         options = self.sampler.fit(pipe, strict=False)
-        size = (pipe.config.height, pipe.config.width)
         audio2lmk = self._audio2lmk()
-        folders = {name: self.out / "systems" / name for name in (OURS, STILL)}
-        for folder in (*folders.values(), self.out / "real", self.out / "references", self.out / "compare"):
-            folder.mkdir(parents=True, exist_ok=True)
-        for item in tqdm(self.excerpts, desc="benchmark", unit="clip", disable=not self.progress):
-            stem = item.stem
-            targets = {name: folder / f"{stem}.mp4" for name, folder in folders.items()}
-            if all(p.is_file() for p in targets.values()) and (self.out / "real" / f"{stem}.mp4").is_file():
-                continue
-            sequence_all = LandmarkSequence.load(item.clip.landmarks)
-            image = read_frames(item.clip.video, [item.start])[0]
-            reference = sequence_all.select(slice(item.start, item.start + 1))
-            first = item.start + 1
-            wav = write_wav(self.out / "real" / f"{stem}.wav", excerpt_audio(item.clip, first, item.frames))
-            if audio2lmk is None:
-                sequence = sequence_all.select(slice(first, first + item.frames))
-            else:
-                from audio2lmk.inference import audio_to_landmarks
+        return functools.partial(self._render_excerpt, pipe, options, audio2lmk)
 
-                made = audio_to_landmarks(audio2lmk, wav, reference, pose=self.audio2lmk_pose, seed=self.seed)
-                sequence = fit_length(made, item.frames)
-            face = reference.landmarks2d[0] if reference.landmarks2d is not None else reference.project()[0]
-            framed, framing = frame_reference(
-                image, face, size, pad_mode=options.pad_mode, **pipe.framing_options
-            )
-            real = np.stack(
-                [
-                    apply_framing(f, framing, options.pad_mode)
-                    for f in read_frames(item.clip.video, range(first, first + item.frames))
-                ]
-            )
-            with VideoWriter(self.out / "real" / f"{stem}.mp4", item.clip.fps) as writer:
-                writer.write(real)
-            _write_png(self.out / "references" / f"{stem}.png", framed)
-            generator = torch.Generator("cpu").manual_seed(self.seed)
-            rendering = render(pipe, image, reference, sequence, options, size, generator)
-            frames = np.concatenate(list(rendering.frames))
-            with VideoWriter(targets[OURS], item.clip.fps, audio=wav) as writer:
-                writer.write(frames)
-            with VideoWriter(targets[STILL], item.clip.fps, audio=wav) as writer:
-                writer.write(np.broadcast_to(framed, real.shape))
-            if self.compare_videos:
-                points = rendering.output_points(sequence, reference)
-                drawings = LandmarkDrawings(points, size, "default")
-                panels = [
-                    np.broadcast_to(framed, real.shape),
-                    real,
-                    frames,
-                    drawings.rgb(drawings[0 : len(points)]),
-                ]
-                with VideoWriter(self.out / "compare" / f"{stem}.mp4", item.clip.fps, audio=wav) as writer:
-                    writer.write(np.concatenate(panels, axis=2))
-        return folders
+    def _render_excerpt(
+        self, pipe: Any, options: Any, audio2lmk: Any, index: int, deadline: float | None
+    ) -> str:
+        from common.corpus import write_wav
+        from common.engines import check_deadline
+        from common.video import VideoWriter, read_frames
+        from lmk2video.framing import LandmarkDrawings, apply_framing, frame_reference
+        from lmk2video.rendering import render
+
+        item = self.excerpts[index]
+        stem = item.stem
+        size = (pipe.config.height, pipe.config.width)
+        targets = {name: folder / f"{stem}.mp4" for name, folder in self.folders().items()}
+        sequence_all = LandmarkSequence.load(item.clip.landmarks)
+        image = read_frames(item.clip.video, [item.start])[0]
+        reference = sequence_all.select(slice(item.start, item.start + 1))
+        first = item.start + 1
+        wav = write_wav(self.out / "real" / f"{stem}.wav", excerpt_audio(item.clip, first, item.frames))
+        if audio2lmk is None:
+            sequence = sequence_all.select(slice(first, first + item.frames))
+        else:
+            from audio2lmk.inference import audio_to_landmarks
+
+            made = audio_to_landmarks(audio2lmk, wav, reference, pose=self.audio2lmk_pose, seed=self.seed)
+            sequence = fit_length(made, item.frames)
+        face = reference.landmarks2d[0] if reference.landmarks2d is not None else reference.project()[0]
+        framed, framing = frame_reference(
+            image, face, size, pad_mode=options.pad_mode, **pipe.framing_options
+        )
+        real = np.stack(
+            [
+                apply_framing(f, framing, options.pad_mode)
+                for f in read_frames(item.clip.video, range(first, first + item.frames))
+            ]
+        )
+        with VideoWriter(self.out / "real" / f"{stem}.mp4", item.clip.fps) as writer:
+            writer.write(real)
+        _write_png(self.out / "references" / f"{stem}.png", framed)
+        generator = torch.Generator("cpu").manual_seed(self.seed)
+        rendering = render(pipe, image, reference, sequence, options, size, generator)
+        chunks = []
+        for chunk in rendering.frames:
+            chunks.append(chunk)
+            check_deadline(deadline, f"excerpt {stem}")
+        frames = np.concatenate(chunks)
+        with VideoWriter(targets[OURS], item.clip.fps, audio=wav) as writer:
+            writer.write(frames)
+        with VideoWriter(targets[STILL], item.clip.fps, audio=wav) as writer:
+            writer.write(np.broadcast_to(framed, real.shape))
+        if self.compare_videos:
+            points = rendering.output_points(sequence, reference)
+            drawings = LandmarkDrawings(points, size, "default")
+            panels = [
+                np.broadcast_to(framed, real.shape),
+                real,
+                frames,
+                drawings.rgb(drawings[0 : len(points)]),
+            ]
+            with VideoWriter(self.out / "compare" / f"{stem}.mp4", item.clip.fps, audio=wav) as writer:
+                writer.write(np.concatenate(panels, axis=2))
+        return stem
 
     def _audio2lmk(self) -> Any:
         if self.mode == "reconstruct":
@@ -260,6 +312,11 @@ class Benchmark:
                 "missing": [],
             }
         return report, series
+
+
+def _benchmark_worker(bench: Benchmark) -> Any:
+    """The worker factory of :meth:`Benchmark.render_all` (module-level: sent to Ray actors)."""
+    return bench.renderer()
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:

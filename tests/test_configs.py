@@ -70,7 +70,7 @@ def test_experiment_composes(primary, experiment):
 
 
 def test_shared_groups_exist():
-    for group in ("paths", "logger", "trainer", "hydra"):
+    for group in ("paths", "logger", "trainer", "hydra", "ray"):
         assert (CONF_DIR / "common" / group).is_dir(), group
     for logger in ("csv", "wandb", "none"):
         assert (CONF_DIR / "common" / "logger" / f"{logger}.yaml").is_file()
@@ -78,7 +78,7 @@ def test_shared_groups_exist():
         assert (CONF_DIR / "common" / "trainer" / f"{trainer}.yaml").is_file()
 
 
-INFERENCE = ["audio2lmk/infer", "audio2lmk/evaluate", "lmk2video/init", "lmk2video/generate", "lmk2video/evaluate", "lmk2video/benchmark", "common/evaluate",
+INFERENCE = ["audio2lmk/infer", "audio2lmk/evaluate", "lmk2video/init", "lmk2video/generate", "lmk2video/generate_batch", "lmk2video/evaluate", "lmk2video/benchmark", "common/evaluate",
              "common/preprocess"]  # fmt: skip
 TRAINING = ["audio2lmk/train", "lmk2video/train"]
 

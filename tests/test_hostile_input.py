@@ -506,19 +506,27 @@ def test_preprocess_never_accepts_streams_that_disagree(tmp_path: Path) -> None:
 
 
 def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path: Path, capsys) -> None:
+    from common.atomic import host_tag
     from common.lmk import main
 
     shutil.copyfile(EXAMPLES / "portrait_kristi.png", tmp_path / "portrait.png")
     dead = _dead_pid()
-    stale = tmp_path / f".out.npz.{dead}.abc123.npz"
-    live = tmp_path / f".out.npz.{os.getppid()}.def456.npz"  # our parent: alive, maybe a concurrent job
-    folder_stale = tmp_path / f".out.npz.old.{dead}.xyz"
-    for path in (stale, live):
+    host = host_tag()
+    stale = tmp_path / f".out.npz.{dead}.abc123.npz"  # the name before machines were recorded
+    stale_here = tmp_path / f".out.npz.{dead}@{host}.abc124.npz"
+    live = (
+        tmp_path / f".out.npz.{os.getppid()}@{host}.def456.npz"
+    )  # our parent: alive, maybe a concurrent job
+    # Another machine writing into the same shared folder (a cluster's worker): its process ids mean nothing
+    # here, so even a number that is no process on this machine is kept.
+    elsewhere = tmp_path / f".out.npz.{dead}@other-node-7.ghi789.npz"
+    folder_stale = tmp_path / f".out.npz.old.{dead}@{host}.xyz"
+    for path in (stale, stale_here, live, elsewhere):
         path.write_bytes(b"half a file")
     folder_stale.mkdir()
     main(["extract", str(tmp_path / "portrait.png"), "-o", str(tmp_path / "out.npz"), "-q"])
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == sorted(["portrait.png", "out.npz", live.name]), left
+    assert left == sorted(["portrait.png", "out.npz", live.name, elsewhere.name]), left
 
 
 def _dead_pid() -> int:
