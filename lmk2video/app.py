@@ -245,7 +245,12 @@ def adjustment_panel(gr: Any, *, speech: bool, audio2lmk: str | None) -> Panel:
         )
     with gr.Row():
         blinks = BLINKS if speech else tuple(b for b in BLINKS if b != "video")
-        blink = gr.Radio([(BLINK_LABELS[b], b) for b in blinks], value="keep", label="Blinks")
+        blink = gr.Radio(
+            [(BLINK_LABELS[b], b) for b in blinks],
+            value="keep",
+            label="Blinks",
+            elem_id=f"{'speech' if speech else 'reenact'}-blinks",
+        )
         mix = gr.CheckboxGroup(
             [("eyes", "eyes"), ("eyebrows", "brows")],
             value=[],
