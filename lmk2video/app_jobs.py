@@ -538,7 +538,7 @@ class Adjustments:
             raise UserError(f"mix regions {unknown}: choose among {', '.join(MIX_REGIONS)}")
         if self.seed is None:
             raise UserError("seed: give a whole number from 0 to 2^63 - 1")
-        self.seed = limits.seed(self.seed, "seed ")
+        self.seed = limits.seed(self.seed, "seed")
         return self
 
     @property
@@ -547,14 +547,55 @@ class Adjustments:
         return self.pose == "video" or self.blink == "video" or bool(self.mix)
 
 
-def apply_adjustments(
-    seq: LandmarkSequence, adjustments: Adjustments, driving: LandmarkSequence | None = None
-) -> LandmarkSequence:
-    """``seq`` edited as :class:`Adjustments` says (``driving``: the driving video's landmarks retargeted onto
-    the portrait, for the pose, blinks and regions taken from it)."""
+@dataclasses.dataclass(frozen=True)
+class AdjustmentFiles:
+    """The uploads :class:`Adjustments` name, read and checked: the pose template and the pose curve."""
+
+    template: Any = None  # common.edit.PoseSource
+    curve: Any = None  # common.edit.PoseCurve
+
+
+def read_adjustment_files(adjustments: Adjustments) -> AdjustmentFiles:
+    """Read the pose template and the pose curve (typed or uploaded) before any model work; a
+    :class:`UserError` naming the upload otherwise."""
     from common import edit
 
     adj = adjustments
+    template = curve = None
+    if adj.pose == "template":
+        path = Path(str(adj.template))
+        if path.suffix.lower() != ".npy":
+            raise UserError(
+                f"pose template '{path.name}' is not a .npy file; upload a (frames, 6) .npy array"
+            )
+        with _named(path, "pose template"):
+            template = edit.load_pose_source(path)
+    if adj.pose_curve_file:
+        path = Path(adj.pose_curve_file)
+        if path.suffix.lower() != ".csv":
+            raise UserError(
+                f"pose curve '{path.name}' is not a .csv file; upload a CSV (time,yaw,pitch,roll)"
+            )
+        with _named(path, "pose curve"):
+            curve = edit.parse_pose_curve(path)
+    elif adj.pose_curve.strip():
+        curve = edit.parse_pose_curve(adj.pose_curve.strip())
+    return AdjustmentFiles(template, curve)
+
+
+def apply_adjustments(
+    seq: LandmarkSequence,
+    adjustments: Adjustments,
+    driving: LandmarkSequence | None = None,
+    files: AdjustmentFiles | None = None,
+) -> LandmarkSequence:
+    """``seq`` edited as :class:`Adjustments` says (``driving``: the driving video's landmarks retargeted onto
+    the portrait, for the pose, blinks and regions taken from it; ``files``: :func:`read_adjustment_files`,
+    read here when not given)."""
+    from common import edit
+
+    adj = adjustments
+    files = read_adjustment_files(adj) if files is None else files
     if adj.needs_driving and driving is None:
         raise UserError(
             "the head pose, blinks or regions are to come from a driving video: upload one (or choose other "
@@ -573,9 +614,7 @@ def apply_adjustments(
     if adj.pose == "still":
         seq = edit.set_pose(seq, "still")
     elif adj.pose == "template":
-        template = Path(str(adj.template))
-        with _named(template, "pose template"):
-            seq = edit.set_pose(seq, edit.load_pose_source(template))
+        seq = edit.set_pose(seq, files.template)
     elif adj.pose == "video":
         source = edit.PoseSource(
             poses=driving.pose.astype(np.float64), relative=False, fps=driving.fps, origin="the driving video"
@@ -583,16 +622,8 @@ def apply_adjustments(
         seq = edit.set_pose(seq, source)
     if adj.yaw or adj.pitch or adj.roll:
         seq = edit.rotate(seq, yaw=adj.yaw, pitch=adj.pitch, roll=adj.roll)
-    if adj.pose_curve_file:
-        curve_file = Path(adj.pose_curve_file)
-        if curve_file.suffix.lower() != ".csv":
-            raise UserError(
-                f"pose curve '{curve_file.name}' is not a .csv file; upload a CSV (time,yaw,pitch,roll)"
-            )
-        with _named(curve_file, "pose curve"):
-            seq = edit.apply_pose_curve(seq, edit.parse_pose_curve(curve_file))
-    elif adj.pose_curve.strip():
-        seq = edit.apply_pose_curve(seq, edit.parse_pose_curve(adj.pose_curve.strip()))
+    if files.curve is not None:
+        seq = edit.apply_pose_curve(seq, files.curve)
     return seq.validate("the adjusted landmarks")
 
 
@@ -709,6 +740,16 @@ class Studio:
         driving = load_driving(video, self.workspace.cache(session), self.max_seconds, self.face_model)
         return driving, edit.retarget(driving.landmarks, portrait.face)
 
+    @contextlib.contextmanager
+    def _job(self, session: str, kind: str) -> Iterator[Path]:
+        """A new job folder of the session, removed with everything in it when the job fails or is cancelled."""
+        job = self.workspace.new_job(session, kind)
+        try:
+            yield job
+        except BaseException:
+            shutil.rmtree(job, ignore_errors=True)
+            raise
+
     # -- speech -> landmarks -> video
 
     def speech_landmarks(
@@ -723,14 +764,35 @@ class Studio:
         report: Report = _no_report,
     ) -> JobFiles:
         """Speech -> landmarks on the portrait, adjusted, and their preview with the speech (a new job folder)."""
-        from audio2lmk.inference import audio_to_landmarks
-
         adjustments.check()
         model = self._model(audio2lmk, "audio2lmk")
-        job = self.workspace.new_job(session, "speech")
+        with self._job(session, "speech") as job:
+            return self._speech_into(job, session, model, portrait, speech, adjustments, driving, report)
+
+    def _speech_into(
+        self,
+        job: Path,
+        session: str,
+        model: Path,
+        portrait: str | os.PathLike | None,
+        speech: str | os.PathLike | None,
+        adjustments: Adjustments,
+        driving: str | os.PathLike | None,
+        report: Report,
+    ) -> JobFiles:
+        from audio2lmk.inference import audio_to_landmarks
+
         face = load_portrait(portrait, self.face_model)
         sound = load_speech(speech, job, self.max_seconds)
-        retargeted = self._driving(session, driving, face)[1] if adjustments.needs_driving else None
+        uploads = read_adjustment_files(adjustments)
+        retargeted = None
+        if adjustments.needs_driving:
+            if driving is None or str(driving) == "":
+                raise UserError(
+                    "the head pose, blinks or regions come from a driving video, but none was uploaded: upload "
+                    "a video of a talking face, or choose another head pose, blinks and no regions"
+                )
+            retargeted = self._driving(session, driving, face)[1]
         report("landmarks", 0, 1)
         with self.loaded.audio2lmk(model) as loaded, _named(sound.path, "speech"):
             seq = audio_to_landmarks(
@@ -741,7 +803,7 @@ class Studio:
                 style=adjustments.style,
                 seed=adjustments.seed,
             )
-        seq = apply_adjustments(seq, adjustments, retargeted)
+        seq = apply_adjustments(seq, adjustments, retargeted, uploads)
         seq.meta["source"] = sound.name
         seq.meta["reference"] = face.path.name
         landmarks = seq.save(job / "talking.npz")
@@ -762,19 +824,35 @@ class Studio:
         preview with the video's sound (a new job folder). ``adjustments.pose="model"`` keeps the video's
         head motion."""
         adjustments.check()
-        job = self.workspace.new_job(session, "reenact")
+        with self._job(session, "reenact") as job:
+            return self._reenact_into(job, session, portrait, driving, adjustments, report)
+
+    def _reenact_into(
+        self,
+        job: Path,
+        session: str,
+        portrait: str | os.PathLike | None,
+        driving: str | os.PathLike | None,
+        adjustments: Adjustments,
+        report: Report,
+    ) -> JobFiles:
+        from common.atomic import atomic_output
+
         face = load_portrait(portrait, self.face_model)
+        uploads = read_adjustment_files(adjustments)
         report("landmarks", 0, 1)
         video, seq = self._driving(session, driving, face)
         # The driving video's own head motion is the reenactment's "model" pose.
         pose = "model" if adjustments.pose == "video" else adjustments.pose
-        seq = apply_adjustments(seq, dataclasses.replace(adjustments, pose=pose), seq)
+        seq = apply_adjustments(seq, dataclasses.replace(adjustments, pose=pose), seq, uploads)
         seq.meta["source"] = video.path.name
         seq.meta["reference"] = face.path.name
         landmarks = seq.save(job / "reenacted.npz")
         audio = None
         if video.audio is not None:
-            audio = Path(shutil.copyfile(video.audio, job / "sound.wav"))
+            with atomic_output(job / "sound.wav") as tmp:
+                shutil.copyfile(video.audio, tmp)
+            audio = job / "sound.wav"
         preview = render_preview(seq, face.image, job / "reenacted_preview.mp4", audio=audio)
         report("landmarks", 1, 1)
         return JobFiles(job, landmarks, preview, seconds=seq.duration)
@@ -829,27 +907,23 @@ class Studio:
         driving: str | os.PathLike | None = None,
         report: Report = _no_report,
     ) -> JobFiles:
-        """Speech -> landmarks (as :meth:`speech_landmarks`) -> the talking video, with the speech."""
+        """Speech -> landmarks (as :meth:`speech_landmarks`) -> the talking video, with the speech; a failed
+        or cancelled job leaves nothing."""
+        adjustments.check()
         sampler.check()
+        model = self._model(audio2lmk, "audio2lmk")
         self._model(lmk2video, "lmk2video")
-        files = self.speech_landmarks(
-            session,
-            audio2lmk=audio2lmk,
-            portrait=portrait,
-            speech=speech,
-            adjustments=adjustments,
-            driving=driving,
-            report=report,
-        )
-        return self.render_video(
-            files,
-            lmk2video=lmk2video,
-            portrait=str(portrait),
-            audio=files.folder / "speech.wav",
-            sampler=sampler,
-            seed=adjustments.seed,
-            report=report,
-        )
+        with self._job(session, "speech") as job:
+            files = self._speech_into(job, session, model, portrait, speech, adjustments, driving, report)
+            return self.render_video(
+                files,
+                lmk2video=lmk2video,
+                portrait=str(portrait),
+                audio=job / "speech.wav",
+                sampler=sampler,
+                seed=adjustments.seed,
+                report=report,
+            )
 
     def generate_reenactment(
         self,
@@ -862,19 +936,20 @@ class Studio:
         sampler: SamplerChoice,
         report: Report = _no_report,
     ) -> JobFiles:
-        """Driving video -> retargeted landmarks (as :meth:`reenactment_landmarks`) -> the video, with its sound."""
+        """Driving video -> retargeted landmarks (as :meth:`reenactment_landmarks`) -> the video, with its sound;
+        a failed or cancelled job leaves nothing."""
+        adjustments.check()
         sampler.check()
         self._model(lmk2video, "lmk2video")
-        files = self.reenactment_landmarks(
-            session, portrait=portrait, driving=driving, adjustments=adjustments, report=report
-        )
-        sound = files.folder / "sound.wav"
-        return self.render_video(
-            files,
-            lmk2video=lmk2video,
-            portrait=str(portrait),
-            audio=sound if sound.is_file() else None,
-            sampler=sampler,
-            seed=adjustments.seed,
-            report=report,
-        )
+        with self._job(session, "reenact") as job:
+            files = self._reenact_into(job, session, portrait, driving, adjustments, report)
+            sound = job / "sound.wav"
+            return self.render_video(
+                files,
+                lmk2video=lmk2video,
+                portrait=str(portrait),
+                audio=sound if sound.is_file() else None,
+                sampler=sampler,
+                seed=adjustments.seed,
+                report=report,
+            )
