@@ -270,24 +270,24 @@ def adjustment_panel(gr: Any, *, speech: bool, audio2lmk: str | None) -> Panel:
 
 def portrait_image(gr: Any, **kwargs: Any) -> Any:
     """A ``gr.Image`` (type filepath) whose unreadable uploads are one readable message, not an internal error
-    (Gradio opens an uploaded image with PIL before the job sees it)."""
+    (Gradio opens an uploaded image with PIL before the job sees it). Its ``preprocess`` is wrapped on the
+    instance: a subclass of a Gradio component would make Gradio write a ``.pyi`` stub beside this module."""
+    image = gr.Image(type="filepath", sources=["upload"], **kwargs)
+    plain = image.preprocess
 
-    class PortraitImage(gr.Image):
-        def get_block_name(self) -> str:
-            return "image"  # the page draws it as a gr.Image
+    def preprocess(payload: Any) -> Any:
+        try:
+            return plain(payload)
+        except (OSError, ValueError, SyntaxError):  # PIL's UnidentifiedImageError is an OSError
+            name = getattr(payload, "orig_name", None) or "the upload"
+            raise gr.Error(
+                f"portrait '{name}' is not a readable image; upload a JPEG or PNG file",
+                duration=None,
+                print_exception=False,
+            ) from None
 
-        def preprocess(self, payload: Any) -> Any:
-            try:
-                return super().preprocess(payload)
-            except (OSError, ValueError, SyntaxError):  # PIL's UnidentifiedImageError is an OSError
-                name = getattr(payload, "orig_name", None) or "the upload"
-                raise gr.Error(
-                    f"portrait '{name}' is not a readable image; upload a JPEG or PNG file",
-                    duration=None,
-                    print_exception=False,
-                ) from None
-
-    return PortraitImage(type="filepath", sources=["upload"], **kwargs)
+    image.preprocess = preprocess
+    return image
 
 
 def _samples(*names: str) -> list[str]:
