@@ -1,4 +1,4 @@
-# Two commands: `make demo` runs the main job, `make test` runs the test suite.
+# Two commands: `make demo` runs the main job, `make test` runs the test suite (`make app` serves the web app).
 # Each creates .venv inside the checkout and installs the project into it on first use.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,11 +6,11 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 # Extras installed into .venv: everything the test suite uses, so that CI runs every test instead of
 # skipping it (tests may skip only for what a user's machine may lack: a GPU, ../shared).
-EXTRAS ?= dev,eval
+EXTRAS ?= dev,eval,app
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format bench clean
+.PHONY: demo app test test-slow lint format bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m lmk2video.demo
+
+# The web app (README "Web app"): http://127.0.0.1:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT move it.
+app: $(STAMP)
+	$(PY) -m lmk2video.app
 
 test: $(STAMP)
 	$(PY) -m pytest -q
