@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 # Extras installed into .venv: everything the test suite uses, so that CI runs every test instead of
 # skipping it (tests may skip only for what a user's machine may lack: a GPU, ../shared).
-EXTRAS ?= dev,eval,app
+EXTRAS ?= dev,eval,app,ray
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 

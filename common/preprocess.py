@@ -1,4 +1,4 @@
-"""``python -m common.preprocess input_dir=DIR output_dir=DIR [num_workers=N] ...``
+"""``python -m common.preprocess input_dir=DIR|inputs=LIST output_dir=DIR [engine=local|ray] [num_workers=N] ...``
 
 Prepares a data set of talking-head videos for training (see ``common.corpus`` for what is
 written and the rejection rules). Hydra entry point; options are in ``conf/common/preprocess.yaml``.
@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from common.config import CONF_DIR
 from common.corpus import PreprocessSettings, preprocess
 from common.errors import UserError, exit_on_user_error
+from common.storage import is_url
 
 log = logging.getLogger("common.preprocess")
 
@@ -25,12 +26,14 @@ def main(cfg: DictConfig) -> int:
     work_dir = Path(cfg.paths.work_dir)
     fields = PreprocessSettings.__dataclass_fields__
     settings = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k in fields}
-    for key in ("input_dir", "output_dir"):
-        if settings[key] is None:
-            raise UserError(
-                f"{key}=... is required, e.g. python -m common.preprocess input_dir=videos output_dir=data/set"
-            )
-        settings[key] = str(work_dir / Path(settings[key]).expanduser())
+    usage = "e.g. python -m common.preprocess input_dir=videos output_dir=data/set (or inputs=LIST.txt)"
+    if settings["output_dir"] is None:
+        raise UserError(f"output_dir=... is required, {usage}")
+    if settings["input_dir"] is None and settings["inputs"] is None:
+        raise UserError(f"input_dir=... or inputs=... is required, {usage}")
+    for key in ("input_dir", "output_dir", "inputs"):
+        if settings[key] is not None and not is_url(settings[key]):
+            settings[key] = str(work_dir / Path(settings[key]).expanduser())
     report = preprocess(PreprocessSettings(**settings))
     log.info(
         "accepted %d clip(s), rejected %d; index and report in %s",

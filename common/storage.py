@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -55,7 +56,9 @@ def filesystem(url: str) -> tuple[Any, str]:
 def join(base: str | os.PathLike, *parts: str) -> str:
     """``base/part/...`` for a local path or a URL."""
     if is_url(base):
-        return "/".join([os.fspath(base).rstrip("/"), *(p.strip("/") for p in parts)])
+        scheme, rest = os.fspath(base).split("://", 1)
+        joined = posixpath.normpath("/".join([rest.rstrip("/"), *(p.strip("/") for p in parts)]))
+        return f"{scheme}://{joined.lstrip('/') if not rest.startswith('/') else joined}"
     return str(local(base).joinpath(*parts))
 
 

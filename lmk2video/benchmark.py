@@ -21,6 +21,7 @@ store_open_dict("benchmark_systems", "systems")
 def run(cfg: DictConfig) -> dict:
     from common import limits
     from common.atomic import check_output_folder
+    from common.engines import RaySettings, check_engine, check_threads
     from common.evaluation.report import publish
     from common.evaluation.run import EvalOptions, evaluate_folders
     from common.index import load_index
@@ -41,6 +42,9 @@ def run(cfg: DictConfig) -> dict:
         if cfg[key] is not None:
             limits.number(cfg[key], f"{key}=", 1, 100000, integer=True, hint="or null")
     limits.seed(cfg.seed)
+    check_engine(cfg.engine)
+    RaySettings.from_values(OmegaConf.to_container(cfg.ray, resolve=True))
+    check_threads(cfg.threads_per_worker)
     check_output_folder(out, overwrite=True)  # an existing benchmark folder resumes
     clips = load_index(path(cfg.index))
     if cfg.test_speakers:

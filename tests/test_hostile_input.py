@@ -52,6 +52,7 @@ HYDRA = {
     "lmk2video.generate",
     "lmk2video.evaluate",
     "lmk2video.benchmark",
+    "lmk2video.generate_batch",
     "common.evaluate",
 }
 
@@ -155,6 +156,13 @@ CASES = [
     C("preprocess-out-under-file", "common.preprocess", "input_dir=videos output_dir=blocker/data", "blocker"),
     C("preprocess-out-unwritable", "common.preprocess", f"input_dir=videos output_dir={UNWRITABLE}", "/proc"),
     C("preprocess-min-duration", "common.preprocess", "input_dir=videos output_dir=out/data min_duration=-1", "min_duration"),
+    C("preprocess-engine", "common.preprocess", "input_dir=videos output_dir=out/data engine=spark", "engine="),
+    C("preprocess-inputs-missing", "common.preprocess", "inputs=none.txt output_dir=out/data", "none.txt"),
+    C("preprocess-inputs-binary", "common.preprocess", "inputs=garbage.npz output_dir=out/data", "garbage.npz"),
+    C("preprocess-ray-retries", "common.preprocess", "input_dir=videos output_dir=out/data engine=ray ray.max_retries=-1", "ray.max_retries"),
+    C("preprocess-ray-unknown", "common.preprocess", "input_dir=videos output_dir=out/data +ray.nodes=3", "ray.nodes"),
+    C("preprocess-threads", "common.preprocess", "input_dir=videos output_dir=out/data threads_per_worker=0", "threads_per_worker"),
+    C("preprocess-url-store", "common.preprocess", "input_dir=videos output_dir=nosuchstore://bucket/data", "nosuchstore"),
     # ---------------------------------------------------------------- audio2lmk.infer
     C("infer-model-missing", "audio2lmk.infer", INFER.replace("model=a2l", "model=nothing"), "nothing"),
     C("infer-audio-garbage", "audio2lmk.infer", INFER.replace("speech.wav", "garbage.wav"), "garbage.wav"),
@@ -249,6 +257,26 @@ CASES = [
     # ---------------------------------------------------------------- evaluation commands
     C("evaluate-no-real", "common.evaluate", "real=nothing systems.ours=out out=out/report", "nothing"),
     C("benchmark-frames-0", "lmk2video.benchmark", "model=l2v frames=0 out=out/bench", "frames"),
+    C("benchmark-engine", "lmk2video.benchmark", "model=l2v out=out/bench engine=spark", "engine="),
+    C("benchmark-ray-gpus", "lmk2video.benchmark", "model=l2v out=out/bench engine=ray ray.num_gpus_per_worker=-1", "ray.num_gpus_per_worker"),
+    # ---------------------------------------------------------------- lmk2video.generate_batch
+    C("batch-no-manifest", "lmk2video.generate_batch", "model=l2v out_dir=out/batch", "manifest="),
+    C("batch-no-model", "lmk2video.generate_batch", "manifest=ok.jsonl out_dir=out/batch", "model="),
+    C("batch-manifest-missing", "lmk2video.generate_batch", "model=l2v manifest=none.jsonl out_dir=out/batch", "none.jsonl"),
+    C("batch-manifest-json", "lmk2video.generate_batch", "model=l2v manifest=bad_json.jsonl out_dir=out/batch", "line 2"),
+    C("batch-manifest-dup", "lmk2video.generate_batch", "model=l2v manifest=dup.jsonl out_dir=out/batch", "also on line 1"),
+    C("batch-manifest-id", "lmk2video.generate_batch", "model=l2v manifest=bad_id.jsonl out_dir=out/batch", "id '../x'"),
+    C("batch-manifest-key", "lmk2video.generate_batch", "model=l2v manifest=bad_key.jsonl out_dir=out/batch", "refrence"),
+    C("batch-manifest-nothing", "lmk2video.generate_batch", "model=l2v manifest=no_lmk.jsonl out_dir=out/batch", "landmarks"),
+    C("batch-manifest-timeout", "lmk2video.generate_batch", "model=l2v manifest=bad_timeout.jsonl out_dir=out/batch", "timeout_s"),
+    C("batch-manifest-empty", "lmk2video.generate_batch", "model=l2v manifest=empty.wav out_dir=out/batch", "no items"),
+    C("batch-per-item-option", "lmk2video.generate_batch", "model=l2v manifest=ok.jsonl out_dir=out/batch reference=portrait.png", "per item"),
+    C("batch-engine", "lmk2video.generate_batch", "model=l2v manifest=ok.jsonl out_dir=out/batch engine=spark", "engine="),
+    C("batch-timeout", "lmk2video.generate_batch", "model=l2v manifest=ok.jsonl out_dir=out/batch timeout_s=0", "timeout_s"),
+    C("batch-retries", "lmk2video.generate_batch", "model=l2v manifest=ok.jsonl out_dir=out/batch max_retries=-1", "max_retries"),
+    C("batch-steps", "lmk2video.generate_batch", "model=l2v manifest=ok.jsonl out_dir=out/batch steps=0", "steps"),
+    C("batch-ray-workers", "lmk2video.generate_batch", "model=l2v manifest=ok.jsonl out_dir=out/batch engine=ray ray.num_workers=0", "ray.num_workers"),
+    C("batch-out-under-file", "lmk2video.generate_batch", "model=l2v manifest=ok.jsonl out_dir=blocker/batch", "blocker"),
     C("benchmark-out-unwritable", "lmk2video.benchmark", f"model=l2v out={UNWRITABLE}", "/proc"),
 ]  # fmt: skip
 
@@ -332,6 +360,14 @@ def world(tmp_path_factory) -> Path:
         (root / name).write_bytes(b"")
     (root / "blocker").write_text("a regular file")
     (root / "bad_curve.csv").write_text("seconds,yaw\n0,10\n")
+    item = '{"id": "a", "reference": "portrait.png", "landmarks": "clip.npz"}\n'
+    (root / "ok.jsonl").write_text(item)
+    (root / "bad_json.jsonl").write_text(item + "{'id': 'b'}\n")
+    (root / "dup.jsonl").write_text(item + item)
+    (root / "bad_id.jsonl").write_text(item.replace('"a"', '"../x"'))
+    (root / "bad_key.jsonl").write_text(item.replace('"reference"', '"refrence"'))
+    (root / "no_lmk.jsonl").write_text('{"id": "a", "reference": "portrait.png"}\n')
+    (root / "bad_timeout.jsonl").write_text(item.replace("}", ', "timeout_s": -5}'))
     (root / "bad_cell.csv").write_text("time,yaw\n0,10\n1,ten\n")
     (root / "folder.npz").mkdir()
     (root / "folder.mp4").mkdir()
