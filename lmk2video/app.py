@@ -290,6 +290,14 @@ def portrait_image(gr: Any, **kwargs: Any) -> Any:
     return image
 
 
+def driving_video(gr: Any, label: str, **kwargs: Any) -> Any:
+    """A driving-video upload (kept as uploaded: no conversion, no ffmpeg) and the sample clip."""
+    video = gr.Video(sources=["upload"], format=None, include_audio=True, label=label, height=200, **kwargs)
+    if _samples("obama_clip1.mp4"):
+        gr.Examples(_samples("obama_clip1.mp4"), inputs=video, label="Sample video")
+    return video
+
+
 def _samples(*names: str) -> list[str]:
     return [str(SAMPLE / n) for n in names if (SAMPLE / n).is_file()]
 
@@ -353,17 +361,15 @@ def build_app(studio: Studio) -> Any:
                             if _samples("speech_en.wav", "obama_clip1.wav"):
                                 gr.Examples(_samples("speech_en.wav", "obama_clip1.wav"), inputs=sound,
                                             label="Sample speech")  # fmt: skip
-                        driving = gr.Video(
-                            sources=["upload"],
-                            format=None,
-                            include_audio=True,
-                            label="Driving video" + (" (for pose, blinks or regions)" if speech else ""),
-                            height=200,
+                        else:
+                            driving = driving_video(gr, "Driving video", elem_id=f"{kind}-driving")
+                with gr.Accordion("Adjustments", open=speech):
+                    if speech:  # the speech tab takes only the head pose, blinks or regions from a video
+                        driving = driving_video(
+                            gr,
+                            "Driving video (for the head pose, blinks or regions)",
                             elem_id=f"{kind}-driving",
                         )
-                        if _samples("obama_clip1.mp4"):
-                            gr.Examples(_samples("obama_clip1.mp4"), inputs=driving, label="Sample video")
-                with gr.Accordion("Adjustments", open=speech):
                     panel = adjustment_panel(gr, speech=speech, audio2lmk=default_a2l)
                 with gr.Row():
                     preview_button = gr.Button(
@@ -527,6 +533,7 @@ def build_app(studio: Studio) -> Any:
                     make(str(path)),
                     gen_inputs,
                     [tab["preview"], tab["result"], tab["downloads"]],
+                    show_progress_on=[tab["result"]],  # the preview stays visible meanwhile
                     concurrency_id=f"lmk2video-{i}",
                     concurrency_limit=1,
                     api_name=False,
