@@ -51,8 +51,11 @@ def app(tmp_path_factory) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("app_browser")
     models = tiny_models(root / "models")
     port = _free_port()
+    no_ffmpeg = root / "bin"  # a PATH without ffmpeg: the app must serve its videos without it
+    no_ffmpeg.mkdir()
     env = {
         **os.environ,
+        "PATH": str(no_ffmpeg),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),
         "GRADIO_ANALYTICS_ENABLED": "False",
@@ -194,6 +197,7 @@ def test_bad_portraits_show_one_readable_message(app, browser, tmp_path) -> None
     context.close()
 
 
+@pytest.mark.slow
 def test_one_generation_at_a_time_per_model_and_cancel(app, browser, tmp_path) -> None:
     first_context, first = open_page(browser, app)
     second_context, second = open_page(browser, app)
