@@ -35,6 +35,7 @@ from lmk2video.app_jobs import (
     SamplerChoice,
     Studio,
     audio2lmk_styles,
+    parse_upload_size,
 )
 from talking_portrait import CHECKOUT
 
@@ -569,6 +570,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(
             "the web app needs Gradio: pip install 'talking-portrait[app]' (or make app in a checkout)"
         ) from None
+    max_upload = parse_upload_size(args.max_upload)
     if args.queue_size < 1:
         raise UserError(f"--queue-size {args.queue_size}: give a whole number >= 1")
     studio = Studio(args.models, args.temp_dir, max_seconds=args.max_seconds, device=args.device)
@@ -580,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_app(studio)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     demo.launch(
-        max_file_size=args.max_upload,
+        max_file_size=max_upload,
         allowed_paths=[str(studio.workspace.root), str(SAMPLE)],
         ssr_mode=False,
         show_error=False,

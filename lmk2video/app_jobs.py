@@ -68,6 +68,14 @@ MIX_REGIONS = ("eyes", "brows")
 PRESETS = ("quality", "balanced", "fastest")
 
 
+def parse_upload_size(text: str) -> int:
+    """``"50mb"`` -> bytes (units b, kb, mb, gb, tb, as Gradio's ``max_file_size`` counts them: 1 kb = 1024 b)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb|tb)\s*", str(text), flags=re.IGNORECASE)
+    if match is None or int(match.group(1)) < 1:
+        raise UserError(f"--max-upload {text!r}: write a size such as 50mb or 1gb (units b, kb, mb, gb, tb)")
+    return int(match.group(1)) * 1024 ** ("b", "kb", "mb", "gb", "tb").index(match.group(2).lower())
+
+
 class Cancelled(Exception):
     """The job was cancelled (raised by a ``report`` callback); nothing is written."""
 

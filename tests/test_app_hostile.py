@@ -213,6 +213,8 @@ def test_a_missing_models_folder_is_refused_at_start(tmp_path) -> None:
     [
         (["--max-seconds", "-1"], "--max-seconds -1.0 must be a number above 0"),
         (["--queue-size", "0"], "--queue-size 0"),
+        (["--max-upload", "lots"], "--max-upload 'lots': write a size such as 50mb"),
+        (["--max-upload", "0mb"], "--max-upload '0mb'"),
         (["--models", "/nonexistent/models"], "--models DIR"),
         (["--temp-dir", UNWRITABLE], "--temp-dir"),
         (["--device", "tpu"], "device='tpu'"),

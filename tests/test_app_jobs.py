@@ -265,3 +265,18 @@ def test_reenactment_generates_the_video_with_the_driving_videos_sound(world) ->
     stats = video_stats(files.video)
     assert stats["frames"] == 20 and stats["audio"]
     assert files.video.name == "reenacted.mp4"
+
+
+def test_aniportraits_pose_template_drives_the_head(world) -> None:
+    """AniPortrait's released ``pose_temp.npy`` as the page's pose template: its motion relative to its first
+    frame, composed onto the portrait's pose."""
+    from common.edit import load_pose_source
+    from common.geometry import absolute_to_relative
+    from tests.conftest import shared_file
+
+    template = shared_file("aniportrait", "pose_temp.npy")
+    files = speech_job(world, pose="template", template=str(template))
+    seq = LandmarkSequence.load(files.landmarks)
+    relative = absolute_to_relative(seq.pose.astype(np.float64))
+    expected = absolute_to_relative(load_pose_source(template).poses[:FRAMES])
+    assert np.allclose(relative[:, :3], expected[:, :3], atol=1e-2)
