@@ -10,7 +10,7 @@
 * **The blink model** (:class:`BlinkModel`, ``common/data/blinks.npz``): blink durations and the intervals
   between blinks, the mean closure profile over a blink, the typical apex ``closed_ratio``, and the mean
   displacement of the mesh from open to closed eyes (in inter-ocular distances). It is measured on real
-  talking-head clips by ``python -m common.blinks measure CLIPS... -o FILE`` (the shipped one on the nine
+  talking-head clips by ``python -m common.measure_blinks CLIPS... -o FILE`` (the shipped one on the nine
   clips of ``../shared/data/talking``; its ``source`` says so).
 * **Synthesis**: :func:`schedule_blinks` draws blink times and durations from the model (a renewal process
   over the measured intervals, seeded), :func:`closure_curve` turns a schedule into ``c`` per frame, and
@@ -19,11 +19,8 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +28,7 @@ import numpy as np
 from scipy.ndimage import percentile_filter
 
 from common.atomic import atomic_output
-from common.errors import UserError, exit_on_user_error
+from common.errors import UserError
 
 # (upper lid, lower lid, outer corner, inner corner) of the subject's right and left eye.
 EYE_LIDS = ((159, 145, 33, 133), (386, 374, 263, 362))
@@ -268,52 +265,3 @@ def closure_curve(blinks: list[ScheduledBlink], num_frames: int, fps: float, mod
         inside = (u >= 0) & (u <= 1)
         c[inside] = np.maximum(c[inside], np.interp(u[inside], grid, model.profile))
     return c
-
-
-# --------------------------------------------------------------------------------------------
-# python -m common.blinks measure
-# --------------------------------------------------------------------------------------------
-
-
-def _load_clip(path: Path, model: str | None):
-    from common.detect import extract
-    from common.lmkfile import LandmarkSequence
-
-    if path.suffix.lower() == ".npz":
-        return LandmarkSequence.load(path)
-    return extract(path, model_path=model, progress=False)
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    from common.atomic import check_output
-
-    p = argparse.ArgumentParser(prog="python -m common.blinks", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("measure", help="measure the blink model on talking-head clips or landmark files")
-    m.add_argument("clips", nargs="+", help="videos (landmarks are extracted) or landmark files (.npz)")
-    m.add_argument("-o", "--output", required=True, help="blink model file (.npz)")
-    m.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
-    m.add_argument("--model", help="MediaPipe face_landmarker .task file")
-    args = p.parse_args(argv)
-    check_output(args.output, args.overwrite, "--overwrite")
-    paths = [Path(c) for c in args.clips]
-    for path in paths:
-        if not path.is_file():
-            raise UserError(f"{path}: no such clip; give videos or landmark files (.npz)")
-    names = ", ".join(sorted(p.stem for p in paths))
-    model = measure_blink_model((_load_clip(p, args.model) for p in paths), source=f"measured on {names}")
-    model.save(args.output)
-    summary = {
-        "blinks": len(model.durations_s),
-        "minutes": round(model.minutes, 3),
-        "rate_per_minute": round(model.rate_per_minute, 2),
-        "median_duration_s": round(float(np.median(model.durations_s)), 4),
-        "median_interval_s": round(float(np.median(model.intervals_s)), 3),
-        "closed_ratio": round(model.closed_ratio, 4),
-    }
-    print(f"wrote {args.output}: {json.dumps(summary)}")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

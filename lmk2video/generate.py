@@ -2,7 +2,7 @@
 
 Renders a landmark sequence as a video of the reference image's person (or, with ``audio=`` and
 ``audio2lmk_model=`` but no ``landmarks=``, speech first becomes landmarks). Options:
-``conf/lmk2video/generate.yaml``; what happens: :mod:`lmk2video.generation`. Bad input exits with status 2
+``conf/lmk2video/generate.yaml`` and ``conf/lmk2video/sampling/default.yaml``; what happens: :mod:`lmk2video.generation`. Bad input exits with status 2
 and one ``error:`` line, before any model is loaded where the input alone decides; nothing is half-written,
 and an existing output is kept unless ``overwrite=true``.
 """

@@ -46,7 +46,7 @@ USAGE = "python -m lmk2video.generate model=DIR reference=IMAGE landmarks=FILE.n
 
 @dataclasses.dataclass
 class GenerateSettings:
-    """The options of ``python -m lmk2video.generate`` (see ``conf/lmk2video/generate.yaml``); paths absolute.
+    """The options of ``python -m lmk2video.generate`` (see ``conf/lmk2video/generate.yaml``, ``conf/lmk2video/sampling/default.yaml``); paths absolute.
 
     The sampler's options (``steps``, ``cfg``, ``context_*``, ``decode_chunk``, ``pad_mode``) are in
     :attr:`sampler`; :meth:`from_config` takes them from the same flat options as the command line.

@@ -54,7 +54,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 @dataclasses.dataclass(frozen=True)
 class SamplerOptions:
-    """How a video is sampled (the generate options of the same names; see ``conf/lmk2video/generate.yaml``).
+    """How a video is sampled (the generate options of the same names; see ``conf/lmk2video/sampling/default.yaml``).
 
     Attributes:
         steps: scheduler steps; None: what the model recommends (:meth:`fit`; 25 for undistilled models).

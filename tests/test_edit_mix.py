@@ -314,9 +314,11 @@ def test_shipped_blink_model_is_measured_on_real_clips():
 
 @pytest.mark.slow
 def test_shipped_blink_model_is_reproduced_from_the_shared_clips(tmp_path, face_model):
-    """`python -m common.blinks measure ../shared/data/talking/*.mp4` writes the shipped file again."""
+    """`python -m common.measure_blinks ../shared/data/talking/*.mp4` writes the shipped file again."""
     videos = sorted(shared_file("talking").glob("*.mp4"))
-    blinks.main(["measure", *map(str, videos), "--model", str(face_model), "-o", str(tmp_path / "b.npz")])
+    from common.measure_blinks import main
+
+    main([*map(str, videos), "--model", str(face_model), "-o", str(tmp_path / "b.npz")])
     again, shipped = blinks.BlinkModel.load(tmp_path / "b.npz"), blinks.load_blink_model()
     np.testing.assert_allclose(again.durations_s, shipped.durations_s)
     np.testing.assert_allclose(again.closed_delta, shipped.closed_delta, atol=1e-5)
