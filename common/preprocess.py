@@ -27,10 +27,10 @@ def main(cfg: DictConfig) -> int:
     fields = PreprocessSettings.__dataclass_fields__
     settings = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k in fields}
     usage = "e.g. python -m common.preprocess input_dir=videos output_dir=data/set (or inputs=LIST.txt)"
+    if settings["input_dir"] is None and settings["inputs"] is None:
+        raise UserError(f"input_dir=... is required (or inputs=...), {usage}")
     if settings["output_dir"] is None:
         raise UserError(f"output_dir=... is required, {usage}")
-    if settings["input_dir"] is None and settings["inputs"] is None:
-        raise UserError(f"input_dir=... or inputs=... is required, {usage}")
     for key in ("input_dir", "output_dir", "inputs"):
         if settings[key] is not None and not is_url(settings[key]):
             settings[key] = str(work_dir / Path(settings[key]).expanduser())
