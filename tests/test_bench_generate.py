@@ -21,6 +21,7 @@ def _one_thread():
         yield
 
 
+@pytest.mark.slow
 def test_flops_only_json_counts_the_real_sampler_calls(tmp_path) -> None:
     out = tmp_path / "flops.json"
     result = subprocess.run(
@@ -47,6 +48,7 @@ def test_flops_only_json_counts_the_real_sampler_calls(tmp_path) -> None:
     assert "| fastest |" in result.stdout
 
 
+@pytest.mark.slow
 def test_cpu_times_and_the_device_routine_run_on_the_tiny_model(tmp_path) -> None:
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     tiny_pipeline(motion=True).save_pretrained(teacher)

@@ -132,23 +132,3 @@ def test_refusals_exit_2_before_any_work(work, args, message, monkeypatch, capsy
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and re.search(message, errors[0]), err[-2000:]
     assert not (work["root"] / "refused").exists() and not (work["root"] / "x").exists()
-
-
-def test_engine_ray_renders_the_same_excerpts_as_local(work) -> None:
-    """The excerpts rendered by Ray actors (a Ray instance the command starts here) equal the local engine's."""
-    from common.evaluation.media import read_clip
-
-    if not (work["root"] / "rec" / "report.json").is_file():
-        assert bench(work, "model=l2v", "out=rec").returncode == 0
-    result = bench(work, "model=l2v", "out=rec_ray", "engine=ray", "ray.num_cpus=2", "threads_per_worker=1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    local, remote = work["root"] / "rec", work["root"] / "rec_ray"
-    stems = sorted(p.stem for p in (local / "systems" / "ours").glob("*.mp4"))
-    assert stems and stems == sorted(p.stem for p in (remote / "systems" / "ours").glob("*.mp4"))
-    for stem in stems:
-        for folder in ("systems/ours", "real"):
-            a = read_clip(local / folder / f"{stem}.mp4", audio=False).frames
-            b = read_clip(remote / folder / f"{stem}.mp4", audio=False).frames
-            assert a.shape == b.shape and (a == b).all(), (folder, stem)
-    report = json.loads((remote / "report.json").read_text())
-    assert set(report["systems"]["ours"]["clips"]) == set(stems)

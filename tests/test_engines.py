@@ -57,7 +57,7 @@ def _excerpt(name: str, frames: int, dest: Path) -> None:
 def videos(tmp_path_factory) -> Path:
     """Three excerpts of shared clips (two speakers) and a corrupt clip."""
     folder = tmp_path_factory.mktemp("videos")
-    for name, frames in (("feifeili_clip3", 90), ("feifeili_clip1", 60), ("KristiNoem", 120)):
+    for name, frames in (("feifeili_clip3", 60), ("feifeili_clip1", 45), ("KristiNoem", 75)):
         _excerpt(name, frames, folder)
     (folder / "corrupt.mp4").write_bytes((folder / "KristiNoem.mp4").read_bytes()[:2000])
     shutil.copyfile(folder / "KristiNoem.wav", folder / "corrupt.wav")
@@ -237,7 +237,7 @@ def batch(tmp_path_factory, local_run) -> Path:
     items = [
         {"id": "k_a", "reference": "kristi.png", "landmarks": "a.npz"},
         {"id": "o_a", "reference": "obama.png", "landmarks": "a.npz", "seed": 3},
-        {"id": "k_b", "reference": "kristi.png", "landmarks": "b.npz", "steps": 1},
+        {"id": "k_b", "reference": "kristi.png", "landmarks": "b.npz", "steps": 2},
         {"id": "noface", "reference": "blank.png", "landmarks": "a.npz"},
         {"id": "o_b", "reference": "obama.png", "landmarks": "b.npz", "cfg": 1.0},
         {"id": "k_a2", "reference": "kristi.png", "landmarks": "a.npz", "seed": 5},
@@ -253,7 +253,7 @@ def run_batch(batch: Path, out: str, capsys, monkeypatch, face_model, *args: str
     monkeypatch.setenv("TALKING_PORTRAIT_FACE_MODEL", str(face_model))
     return run_main(
         main,
-        ["model=model", "manifest=manifest.jsonl", f"out_dir={out}", "steps=2", "threads_per_worker=1",
+        ["model=model", "manifest=manifest.jsonl", f"out_dir={out}", "steps=1", "threads_per_worker=1",
          "progress=false", *args],
         capsys,
     )  # fmt: skip
@@ -306,3 +306,45 @@ def test_generate_batch_timeouts_are_retried_then_recorded(batch, capsys, monkey
     (failure,) = [json.loads(x) for x in (batch / "slow" / "failures.jsonl").read_text().splitlines()]
     assert failure["id"] == "slow" and failure["attempts"] == 3 and "ItemTimeout" in failure["error"]
     assert [p.name for p in (batch / "slow").glob("*.mp4")] == ["fine.mp4"]
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmark
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_benchmark_renders_the_same_excerpts_on_ray_as_locally(ray_cluster, tmp_path_factory, face_model):
+    """``lmk2video.benchmark engine=ray``: the excerpts rendered by Ray actors equal the local engine's."""
+    from common.evaluation.media import read_clip
+    from common.index import load_index
+    from lmk2video.benchmarking import Benchmark, test_excerpts
+    from lmk2video.rendering import SamplerOptions
+    from tests.l2v_corpus import corpus_index
+    from tests.l2v_models import tiny_pipeline
+
+    root = tmp_path_factory.mktemp("bench")
+    tiny_pipeline(motion=True).save_pretrained(root / "l2v")
+    clips = [c for c in load_index(corpus_index(tmp_path_factory, face_model)) if c.speaker == "feifeili"]
+    excerpts = test_excerpts(clips, 12, 2, 0)
+    folders = {}
+    for engine in ("local", "ray"):
+        bench = Benchmark(
+            excerpts=excerpts,
+            out=root / engine,
+            model=str(root / "l2v"),
+            sampler=SamplerOptions(steps=1),
+            compare_videos=False,
+            progress=False,
+            engine=engine,
+            ray={"num_workers": 2},
+            threads_per_worker=1,
+        )
+        bench.check()
+        folders[engine] = bench.render_all()
+    stems = sorted(p.stem for p in folders["local"]["ours"].glob("*.mp4"))
+    assert len(stems) == 2 and stems == sorted(p.stem for p in folders["ray"]["ours"].glob("*.mp4"))
+    for stem in stems:
+        for folder in ("systems/ours", "real"):
+            a = read_clip(root / "local" / folder / f"{stem}.mp4", audio=False).frames
+            b = read_clip(root / "ray" / folder / f"{stem}.mp4", audio=False).frames
+            assert a.shape == b.shape and (a == b).all(), (folder, stem)
