@@ -85,7 +85,8 @@ def _temp_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}@{host_tag()}."
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -118,7 +119,7 @@ def remove_stale_temporaries(parent: Path, name: str) -> list[Path]:
         match = pattern.match(entry_name)
         if match is None or match.group(2) not in (None, host_tag()):  # another machine's: not provably dead
             continue
-        if int(match.group(1)) == os.getpid() or _process_exists(int(match.group(1))):
+        if int(match.group(1)) == os.getpid() or process_exists(int(match.group(1))):
             continue
         entry = parent / entry_name
         with contextlib.suppress(OSError):

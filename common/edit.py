@@ -293,6 +293,17 @@ def mouth_basis(upper_share: float = 0.3) -> np.ndarray:
     return basis
 
 
+def _scale(s: object, what: str, hint: str) -> float:
+    """``s`` as a finite float >= 0, else a :class:`UserError` naming ``what``."""
+    try:
+        s = float(s)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} {s!r} must be a number >= 0 ({hint})") from None
+    if not math.isfinite(s) or s < 0:
+        raise UserError(f"{what} {s} must be a finite number >= 0 ({hint})")
+    return s
+
+
 def scale_mouth(seq: LandmarkSequence, s: float, *, upper_share: float = 0.3) -> LandmarkSequence:
     """Scale each frame's mouth opening by ``s`` (1 = unchanged, 0 = closed, 2 = twice as open).
 
@@ -312,12 +323,7 @@ def scale_mouth(seq: LandmarkSequence, s: float, *, upper_share: float = 0.3) ->
     the same way, so lips never cross; a closed mouth stays closed. Only y changes. landmarks2d
     and blendshapes are dropped (they describe the unedited face).
     """
-    try:
-        s = float(s)
-    except (TypeError, ValueError):
-        raise UserError(f"mouth scale {s!r} must be a number >= 0 (1 = unchanged, 0 = closed)") from None
-    if not math.isfinite(s) or s < 0:
-        raise UserError(f"mouth scale {s} must be a finite number >= 0 (1 = unchanged, 0 = closed)")
+    s = _scale(s, "mouth scale", "1 = unchanged, 0 = closed")
     if not 0.0 <= upper_share <= 1.0:
         raise ValueError(f"upper_share must be in [0, 1], got {upper_share}")
     if s == 1.0:
@@ -803,12 +809,7 @@ def scale_expression(seq: LandmarkSequence, s: float) -> LandmarkSequence:
     """
     from common.regions import expression_offsets, region_weights
 
-    try:
-        s = float(s)
-    except (TypeError, ValueError):
-        raise UserError(f"expression scale {s!r} must be a number >= 0 (1 = unchanged)") from None
-    if not math.isfinite(s) or s < 0:
-        raise UserError(f"expression scale {s} must be a finite number >= 0 (1 = unchanged)")
+    s = _scale(s, "expression scale", "1 = unchanged")
     if s == 1.0:
         return _history(seq, "scale_expression s=1")
     n = neutral_frame(seq)

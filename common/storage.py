@@ -62,32 +62,28 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return str(local(base).joinpath(*parts))
 
 
-def exists(path: str | os.PathLike) -> bool:
+def _ask(path: str | os.PathLike, store_method: str, local_method: str) -> Any:
+    """``fs.<store_method>(inner)`` for a URL, ``Path.<local_method>()`` for a local path."""
     if is_url(path):
         fs, inner = filesystem(os.fspath(path))
-        return fs.exists(inner)
-    return local(path).exists()
+        return getattr(fs, store_method)(inner)
+    return getattr(local(path), local_method)()
+
+
+def exists(path: str | os.PathLike) -> bool:
+    return _ask(path, "exists", "exists")
 
 
 def is_file(path: str | os.PathLike) -> bool:
-    if is_url(path):
-        fs, inner = filesystem(os.fspath(path))
-        return fs.isfile(inner)
-    return local(path).is_file()
+    return _ask(path, "isfile", "is_file")
 
 
 def is_dir(path: str | os.PathLike) -> bool:
-    if is_url(path):
-        fs, inner = filesystem(os.fspath(path))
-        return fs.isdir(inner)
-    return local(path).is_dir()
+    return _ask(path, "isdir", "is_dir")
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    if is_url(path):
-        fs, inner = filesystem(os.fspath(path))
-        return fs.cat_file(inner)
-    return local(path).read_bytes()
+    return _ask(path, "cat_file", "read_bytes")
 
 
 def read_text(path: str | os.PathLike) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from common import limits
+from common.atomic import process_exists
 from common.edit import MAX_ANGLE
 from common.errors import UserError
 from common.lmkfile import LandmarkSequence
@@ -214,16 +215,6 @@ def default_temp_root() -> Path:
     return Path(tempfile.gettempdir()) / f"talking-portrait-app-{uid}"
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 class Workspace:
     """The app's temporary files: ``ROOT/PID-SESSION/KIND-N/`` per job.
 
@@ -254,7 +245,7 @@ class Workspace:
         removed = []
         for entry in self.root.iterdir():
             match = re.match(r"^(\d+)-", entry.name)
-            if entry.is_dir() and match and not _process_exists(int(match.group(1))):
+            if entry.is_dir() and match and not process_exists(int(match.group(1))):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
         if removed:
