@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -122,7 +123,9 @@ def connect(settings: RaySettings, threads: int | None = None) -> Any:
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "logging_level": logging.WARNING,
-        "log_to_driver": True,
+        # Workers' own logs stay in Ray's session folder (/tmp/ray/session_latest/logs): a failed item is one
+        # line of its command's record, a worker that cannot start one error line here, never a worker's traceback.
+        "log_to_driver": False,
         "runtime_env": {"env_vars": env} if env else None,
     }
     if settings.address is None:
@@ -329,6 +332,8 @@ class WorkerPool:
                     try:
                         ok, value = ray.get(ref)
                     except ray.exceptions.RayActorError as err:
+                        if getattr(err, "actor_init_failed", False):  # every worker would fail the same way
+                            raise UserError(f"the Ray workers cannot start: {_creation_error(err)}") from None
                         ok, value = False, f"WorkerDied: the worker running it died ({_one_line(err)})"
                         ray.kill(actors[slot])
                         actors[slot] = actor_class.remote(self.factory, self.threads)
@@ -358,6 +363,15 @@ class WorkerPool:
         if self.ray_settings.num_gpus_per_worker > 0:
             return max(1, int(resources.get("GPU", 0) / self.ray_settings.num_gpus_per_worker))
         return max(1, int(resources.get("CPU", 1) / self.ray_settings.num_cpus_per_task))
+
+
+def _creation_error(err: BaseException) -> str:
+    """The line of a failed actor creation that says why (its own exception), else the first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line):
+            return line.removeprefix("common.errors.")
+    return lines[0] if lines else type(err).__name__
 
 
 def _result(index: int, ok: bool, value: Any, attempts: int, seconds: float) -> ItemResult:

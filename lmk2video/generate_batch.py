@@ -37,6 +37,12 @@ def main(cfg: DictConfig) -> int:
     for key in ("reference", "landmarks", "audio", "out"):
         if cfg.get(key) is not None:
             raise UserError(f"{key}= is per item: set it on the manifest's lines, not on the command line")
+    model = work / Path(cfg.model).expanduser()
+    if not (model / "model_index.json").is_file():
+        raise UserError(
+            f"model={cfg.model}: not an lmk2video model folder (no model_index.json in {model}); give a folder "
+            "written by python -m lmk2video.init, a training run's export_dir or lmk2video.convert"
+        )
     engine = check_engine(cfg.engine)
     ray_settings = RaySettings.from_values(OmegaConf.to_container(cfg.ray, resolve=True))
     threads = check_threads(cfg.threads_per_worker)

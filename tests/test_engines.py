@@ -30,6 +30,7 @@ def ray_cluster():
     ray.init(
         num_cpus=2,
         include_dashboard=False,
+        log_to_driver=False,
         logging_level=logging.WARNING,
         runtime_env={"env_vars": THREADS},
     )
@@ -292,6 +293,21 @@ def test_generate_batch_on_ray_equals_local_records_the_failure_and_resumes(
     assert [json.loads(x)["id"] for x in (batch / "ray" / "failures.jsonl").read_text().splitlines()] == [
         "noface"
     ]
+
+
+def test_generate_batch_on_ray_stops_with_one_message_when_no_worker_can_load_the_model(
+    ray_cluster, batch, capsys, monkeypatch, face_model
+):
+    broken = batch / "broken_model"
+    broken.mkdir(exist_ok=True)
+    shutil.copyfile(batch / "model" / "model_index.json", broken / "model_index.json")  # and no weights
+    code, err = run_batch(
+        batch, "broken", capsys, monkeypatch, face_model, "model=broken_model", "engine=ray"
+    )
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "the Ray workers cannot start" in errors[0], err[-2000:]
+    assert "lacks the vae/ folder" in errors[0] and "Traceback" not in err
+    assert not list((batch / "broken").glob("*.mp4"))
 
 
 def test_generate_batch_timeouts_are_retried_then_recorded(batch, capsys, monkeypatch, face_model):

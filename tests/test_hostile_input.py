@@ -262,6 +262,7 @@ CASES = [
     # ---------------------------------------------------------------- lmk2video.generate_batch
     C("batch-no-manifest", "lmk2video.generate_batch", "model=l2v out_dir=out/batch", "manifest="),
     C("batch-no-model", "lmk2video.generate_batch", "manifest=ok.jsonl out_dir=out/batch", "model="),
+    C("batch-model-missing", "lmk2video.generate_batch", "model=nothing manifest=ok.jsonl out_dir=out/batch", "nothing"),
     C("batch-manifest-missing", "lmk2video.generate_batch", "model=l2v manifest=none.jsonl out_dir=out/batch", "none.jsonl"),
     C("batch-manifest-json", "lmk2video.generate_batch", "model=l2v manifest=bad_json.jsonl out_dir=out/batch", "line 2"),
     C("batch-manifest-dup", "lmk2video.generate_batch", "model=l2v manifest=dup.jsonl out_dir=out/batch", "also on line 1"),
