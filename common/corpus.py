@@ -192,16 +192,15 @@ def _record_path(out_dir: str, cid: str) -> str:
 def process_clip(video: str, cid: str, speaker: str, settings: PreprocessSettings) -> dict:
     """Process one clip (in a worker process); returns and stores its record (written last)."""
     result: dict = {"id": cid, "video": video}
+    local_video = video  # the local copy of a URL, once there is one
     try:
         with storage.local_copy(video) as local_video:
             _process_local(local_video, video, cid, speaker, settings, result)
-    except UserError as err:
-        result.update(status="rejected", reason=str(err).removeprefix(f"{video}: "))
+    except UserError as err:  # named by the clip's own path, not by a local copy's
+        reason = str(err).removeprefix(f"{video}: ").removeprefix(f"{local_video}: ")
+        result.update(status="rejected", reason=reason)
     except Exception as err:  # an unreadable clip must not stop the data set
         result.update(status="rejected", reason=f"unreadable: {type(err).__name__}: {err}")
-    if result.get("status") == "rejected":
-        result["reason"] = result["reason"].removeprefix(f"{result.get('local', '')}: ")
-    result.pop("local", None)
     storage.write_text(_record_path(settings.output_dir, cid), json.dumps(result, indent=1))
     return result
 
@@ -214,7 +213,6 @@ def _process_local(
     from common.video import probe_video
 
     out_dir = settings.output_dir
-    result["local"] = str(video_path)
     if not video_path.is_file():
         raise UserError(f"{video}: no such file")
     info = probe_video(video_path)

@@ -927,6 +927,16 @@ def blink(
 # --------------------------------------------------------------------------------------------
 
 MIX_LENGTHS = ("base", "shortest", "loop")
+MIX_SOURCES = ("mouth", "eyes", "brows", "pose")
+
+
+def check_mix(length: str, sources: list[str]) -> None:
+    """Refuse a mix with nothing to mix in (``sources``: the names of :data:`MIX_SOURCES` given) or an unknown
+    ``length``."""
+    if not sources:
+        raise UserError("mix: nothing to mix in; give at least one of --mouth, --eyes, --brows or --pose")
+    if length not in MIX_LENGTHS:
+        raise UserError(f"mix: --length {length!r}: use base, shortest or loop")
 
 
 def mix(
@@ -958,10 +968,7 @@ def mix(
 
     regions = {"mouth": mouth, "eyes": eyes, "brows": brows}
     given = {name: s for name, s in regions.items() if s is not None}
-    if not given and pose is None:
-        raise UserError("mix: nothing to mix in; give at least one of --mouth, --eyes, --brows or --pose")
-    if length not in MIX_LENGTHS:
-        raise UserError(f"mix: --length {length!r}: use base, shortest or loop")
+    check_mix(length, [*given, *(["pose"] if pose is not None else [])])
     inputs = {name: resample_fps(s, base.fps) for name, s in {**given, "pose": pose}.items() if s is not None}
     counts = [base.num_frames, *(s.num_frames for s in inputs.values())]
     frames = {"base": base.num_frames, "shortest": min(counts), "loop": max(counts)}[length]

@@ -25,6 +25,7 @@ input and output storage (a shared file system, or an fsspec URL such as ``s3://
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import re
@@ -197,17 +198,13 @@ def _ray_tasks(fn: Callable, jobs: list[tuple], settings: RaySettings, threads: 
     )
     window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1) / settings.num_cpus_per_task))
     queue = iter(jobs)
-    in_flight = []
-    for job in queue:
-        in_flight.append(remote.remote(fn, threads, job))
-        if len(in_flight) >= window:
-            break
+    in_flight = [remote.remote(fn, threads, job) for job in itertools.islice(queue, window)]
     while in_flight:
         done, in_flight = ray.wait(in_flight, num_returns=1)
         yield ray.get(done[0])
-        for job in queue:
+        job = next(queue, None)
+        if job is not None:
             in_flight.append(remote.remote(fn, threads, job))
-            break
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +296,7 @@ class WorkerPool:
                 attempts += 1
                 start = time.perf_counter()
                 ok, value = worker.run(item, timeout_s[index])
-                if ok or attempts > max_retries[index] or value.startswith("UserError"):
+                if _last_attempt(ok, value, attempts, max_retries[index]):
                     yield _result(index, ok, value, attempts, time.perf_counter() - start)
                     break
 
@@ -318,6 +315,11 @@ class WorkerPool:
         queue = list(range(len(items)))[::-1]
         attempts = [0] * len(items)
         running: dict[Any, tuple[int, int, float]] = {}  # ref -> (item, actor, start)
+
+        def restart(slot: int) -> None:
+            ray.kill(actors[slot])
+            actors[slot] = actor_class.remote(self.factory, self.threads)
+
         try:
             while queue or running:
                 while queue and free:
@@ -335,10 +337,9 @@ class WorkerPool:
                         if getattr(err, "actor_init_failed", False):  # every worker would fail the same way
                             raise UserError(f"the Ray workers cannot start: {_creation_error(err)}") from None
                         ok, value = False, f"WorkerDied: the worker running it died ({_one_line(err)})"
-                        ray.kill(actors[slot])
-                        actors[slot] = actor_class.remote(self.factory, self.threads)
+                        restart(slot)
                     free.append(slot)
-                    if ok or attempts[index] > max_retries[index] or value.startswith("UserError"):
+                    if _last_attempt(ok, value, attempts[index], max_retries[index]):
                         yield _result(index, ok, value, attempts[index], now - start)
                     else:
                         queue.append(index)
@@ -346,8 +347,7 @@ class WorkerPool:
                     limit = timeout_s[index]
                     if limit is not None and now - start > limit + self.grace_s:
                         running.pop(ref)
-                        ray.kill(actors[slot])
-                        actors[slot] = actor_class.remote(self.factory, self.threads)
+                        restart(slot)
                         free.append(slot)
                         if attempts[index] > max_retries[index]:
                             message = f"ItemTimeout: ran {now - start:.0f} s, past timeout_s={limit:g} (worker restarted)"
@@ -363,6 +363,12 @@ class WorkerPool:
         if self.ray_settings.num_gpus_per_worker > 0:
             return max(1, int(resources.get("GPU", 0) / self.ray_settings.num_gpus_per_worker))
         return max(1, int(resources.get("CPU", 1) / self.ray_settings.num_cpus_per_task))
+
+
+def _last_attempt(ok: bool, value: Any, attempts: int, max_retries: int) -> bool:
+    """Whether an attempt ends its item: it worked, the retries are spent, or the input was bad (a
+    :class:`~common.errors.UserError`, which another try cannot fix)."""
+    return ok or attempts > max_retries or value.startswith("UserError")
 
 
 def _creation_error(err: BaseException) -> str:

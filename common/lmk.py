@@ -90,16 +90,13 @@ def check_args(args: argparse.Namespace) -> None:
         limits.seed(args.seed, "--seed")
         _edit_inputs(args)
     elif args.command == "mix":
-        for flag in ("base", "mouth", "eyes", "brows", "pose"):
+        from common.edit import MIX_SOURCES, check_mix
+
+        for flag in ("base", *MIX_SOURCES):
             value = getattr(args, flag)
             if value is not None:
                 check_landmark_name(value, f"--{flag} {value}")
-        if all(getattr(args, flag) is None for flag in ("mouth", "eyes", "brows", "pose")):
-            raise UserError("mix: nothing to mix in; give at least one of --mouth, --eyes, --brows or --pose")
-        from common.edit import MIX_LENGTHS
-
-        if args.length not in MIX_LENGTHS:
-            raise UserError(f"--length {args.length!r}: use base, shortest or loop")
+        check_mix(args.length, [flag for flag in MIX_SOURCES if getattr(args, flag) is not None])
 
 
 def _edit_inputs(args: argparse.Namespace) -> None:
@@ -255,7 +252,7 @@ def cmd_mix(args: argparse.Namespace) -> None:
 
     sources = {
         flag: LandmarkSequence.load(getattr(args, flag))
-        for flag in ("mouth", "eyes", "brows", "pose")
+        for flag in edit.MIX_SOURCES
         if getattr(args, flag) is not None
     }
     out = edit.mix(LandmarkSequence.load(args.base), **sources, length=args.length)

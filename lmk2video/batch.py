@@ -165,15 +165,6 @@ class BatchWorker:
         return str(settings.out)
 
 
-def make_worker(base: dict[str, Any], out_dir: str) -> BatchWorker:
-    """The worker factory sent to each engine's workers (a module-level function: picklable)."""
-    return BatchWorker(base, out_dir)
-
-
-def worker_factory(base: dict[str, Any], out_dir: Path) -> Any:
-    return functools.partial(make_worker, base, str(out_dir))
-
-
 def write_failures(out_dir: Path, failures: dict[str, dict]) -> None:
     """``out_dir/failures.jsonl``: one line per failed item of this run (removed when none failed)."""
     from common.atomic import atomic_output
@@ -207,7 +198,10 @@ def run_batch(
     skipped = len(items) - len(pending)
     log.info("%d items, %d to render, %d already done (%s engine)", len(items), len(pending), skipped, engine)
     pool = WorkerPool(
-        worker_factory(base, out_dir), engine=engine, ray_settings=ray_settings, threads=threads
+        functools.partial(BatchWorker, base, str(out_dir)),
+        engine=engine,
+        ray_settings=ray_settings,
+        threads=threads,
     )
     failures: dict[str, dict] = {}
     write_failures(out_dir, failures)

@@ -161,7 +161,7 @@ class Benchmark:
         todo = [i for i, item in enumerate(self.excerpts) if not self._finished(item.stem)]
         log.info("%d excerpts, %d to render (%s engine)", len(self.excerpts), len(todo), self.engine)
         pool = WorkerPool(
-            functools.partial(_benchmark_worker, self),
+            self.renderer,
             engine=self.engine,
             ray_settings=RaySettings.from_values(self.ray),
             threads=self.threads_per_worker,
@@ -312,11 +312,6 @@ class Benchmark:
                 "missing": [],
             }
         return report, series
-
-
-def _benchmark_worker(bench: Benchmark) -> Any:
-    """The worker factory of :meth:`Benchmark.render_all` (module-level: sent to Ray actors)."""
-    return bench.renderer()
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
